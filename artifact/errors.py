@@ -1,0 +1,121 @@
+"""Every way an artifact, a payload or a delta can be refused.
+
+Callers catch :class:`ArtifactError` to refuse anything untrustworthy, and the specific classes to
+say *why*. None of these is worth retrying with the same bytes: they describe bad content, not a
+transport failure (transport errors belong to the code that fetches, not to this package).
+
+::
+
+    ArtifactError
+    ├── ManifestError                 manifest is not valid JSON / not canonical / breaks the schema
+    ├── ModelMismatchError            manifest is for another model than the caller expects
+    ├── SignatureError
+    │   ├── UnknownKeyError           no signature by any trusted key
+    │   ├── BadSignatureError         a trusted key's signature does not verify (tampering)
+    │   └── ThresholdError            valid signatures, but fewer than the threshold
+    ├── ExpiredError                  manifest's expires_at is in the past
+    ├── DowngradeError                version is not above the installed one
+    ├── LengthError
+    │   ├── TooLongError              more bytes than declared (stopped while streaming)
+    │   └── TruncatedError            fewer bytes than declared
+    ├── HashMismatchError             sha256 differs from the signed one
+    ├── PayloadError
+    │   ├── UnsupportedEncodingError  payload encoding this version cannot decode
+    │   └── DecompressionBombError    payload inflates beyond the declared ONNX length
+    ├── ArtifactFormatError           artifact file truncated or garbled
+    ├── KeyFileError                  a key file that cannot be read as an Ed25519 PEM key
+    └── DeltaError
+        ├── DeltaFormatError          delta truncated, garbled or of an unknown format version
+        ├── DeltaBaseMismatchError    delta was made against another base model
+        └── DeltaResultError          rebuilt model does not match the sha256 the delta promises
+"""
+
+from __future__ import annotations
+
+
+class ArtifactError(Exception):
+    """Base of every refusal in this package. The message is meant for humans."""
+
+
+class ManifestError(ArtifactError):
+    """The manifest bytes are not a valid, canonical schema-1 manifest."""
+
+
+class ModelMismatchError(ArtifactError):
+    """The manifest names a different model than the one the caller expects."""
+
+
+class SignatureError(ArtifactError):
+    """The signatures do not meet the trust policy."""
+
+
+class UnknownKeyError(SignatureError):
+    """None of the signatures was made by a trusted key."""
+
+
+class BadSignatureError(SignatureError):
+    """A signature claims a trusted key but does not verify: the bytes were altered."""
+
+
+class ThresholdError(SignatureError):
+    """Fewer distinct trusted keys signed than the policy's threshold requires."""
+
+
+class ExpiredError(ArtifactError):
+    """The manifest's `expires_at` lies in the past."""
+
+
+class DowngradeError(ArtifactError):
+    """The offered version is not strictly above the installed one (rollback attack or replay)."""
+
+
+class LengthError(ArtifactError):
+    """The byte count differs from the signed length."""
+
+
+class TooLongError(LengthError):
+    """More bytes arrived than the signed length; reading stopped at the first extra byte."""
+
+
+class TruncatedError(LengthError):
+    """The data ended before the signed length was reached."""
+
+
+class HashMismatchError(ArtifactError):
+    """The sha256 of the bytes differs from the signed digest."""
+
+
+class PayloadError(ArtifactError):
+    """The payload cannot be decoded into the ONNX model."""
+
+
+class UnsupportedEncodingError(PayloadError):
+    """The payload uses an encoding this version does not know."""
+
+
+class DecompressionBombError(PayloadError):
+    """The payload inflates beyond the signed ONNX length; decoding stopped there."""
+
+
+class ArtifactFormatError(ArtifactError):
+    """The artifact file is truncated or garbled."""
+
+
+class KeyFileError(ArtifactError):
+    """A key file is missing, unreadable, or not an Ed25519 PEM key."""
+
+
+class DeltaError(ArtifactError):
+    """A delta cannot be made or applied."""
+
+
+class DeltaFormatError(DeltaError):
+    """The delta is truncated, garbled, or of an unknown format version."""
+
+
+class DeltaBaseMismatchError(DeltaError):
+    """The delta was made against another base model than the one it is applied to."""
+
+
+class DeltaResultError(DeltaError):
+    """The rebuilt model does not hash to the result the delta promises."""

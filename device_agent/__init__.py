@@ -1,0 +1,1 @@
+"""Device agent: poll, verify, validate, hot-swap (issue 5)."""

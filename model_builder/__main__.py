@@ -1,0 +1,5 @@
+import sys
+
+from model_builder.cli import main
+
+sys.exit(main())

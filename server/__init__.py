@@ -1,0 +1,1 @@
+"""OTA server: registry, rollouts, delivery (issue 4)."""
