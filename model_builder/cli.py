@@ -13,9 +13,7 @@ import sys
 from collections.abc import Sequence
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "model_builder.commands.delta",
-)
+COMMAND_MODULES: tuple[str, ...] = ("model_builder.commands.delta",)
 
 
 class CommandError(Exception):
