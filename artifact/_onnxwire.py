@@ -6,7 +6,9 @@ re-serialises: it locates the `raw_data` byte ranges of the top-level initialize
 original bytes and treats everything else as an opaque "skeleton".
 
 ModelProto.graph = field 7; GraphProto.initializer = field 5; TensorProto: dims = 1,
-data_type = 2, name = 8, raw_data = 9.
+data_type = 2, name = 8, raw_data = 9, and the packed fixed-width typed fields float_data = 4 and
+double_data = 10, whose bytes are laid out exactly like raw_data (little-endian IEEE floats).
+Varint-coded fields (int32_data, int64_data …) have no fixed width and stay in the skeleton.
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ ELEMENT_SIZE: dict[int, int] = {
 }
 
 
+# Fields holding a tensor's values as fixed-width little-endian bytes → element width (0: by data_type).
+_DATA_FIELDS = {9: 0, 4: 4, 10: 8}
+
+
 class WireError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
 @dataclass(frozen=True)
 class TensorSpan:
-    """A top-level initializer whose values are stored as `raw_data` at `buf[start:end]`."""
+    """A top-level initializer whose values are stored as fixed-width bytes at `buf[start:end]`."""
 
     name: str
     data_type: int
@@ -52,9 +58,11 @@ class TensorSpan:
     def length(self) -> int:
         return self.end - self.start
 
+    width: int = 0  # bytes per element as stored; 0: take it from data_type
+
     @property
     def element_size(self) -> int:
-        size = ELEMENT_SIZE.get(self.data_type, 1)
+        size = self.width or ELEMENT_SIZE.get(self.data_type, 1)
         return size if self.length % size == 0 else 1
 
 
@@ -102,7 +110,7 @@ def _tensor(buf: bytes, start: int, end: int) -> TensorSpan | None:
     name: str | None = None
     data_type = 0
     dims: list[int] = []
-    raw: list[tuple[int, int]] = []
+    raw: list[tuple[int, int, int]] = []
     for number, wire, a, b in _fields(buf, start, end):
         if number == 1 and wire == _VARINT:
             dims.append(a)
@@ -118,11 +126,12 @@ def _tensor(buf: bytes, start: int, end: int) -> TensorSpan | None:
                 name = bytes(buf[a:b]).decode("utf-8")
             except UnicodeDecodeError:
                 return None
-        elif number == 9 and wire == _LEN:
-            raw.append((a, b))
+        elif wire == _LEN and number in _DATA_FIELDS:
+            raw.append((a, b, _DATA_FIELDS[number]))
     if name is None or len(raw) != 1:
         return None  # stays in the skeleton: still rebuilt exactly, just not diffed per tensor
-    return TensorSpan(name, data_type, tuple(dims), raw[0][0], raw[0][1])
+    start, end, width = raw[0]
+    return TensorSpan(name, data_type, tuple(dims), start, end, width)
 
 
 def initializer_spans(buf: bytes) -> list[TensorSpan]:

@@ -41,10 +41,16 @@ def decode_payload(payload: bytes, *, encoding: str, max_length: int) -> bytes:
     return inflate_bounded(payload, max_length, what="payload")
 
 
-def inflate_bounded(frame: bytes, max_length: int, *, what: str, dict_data: bytes | None = None) -> bytes:
-    """Decompress one zstd frame, stopping with :class:`DecompressionBombError` past `max_length`."""
+def inflate_bounded(
+    frame: bytes, max_length: int, *, what: str, dict_data: bytes | None = None, magicless: bool = False
+) -> bytes:
+    """Decompress one zstd frame, stopping with :class:`DecompressionBombError` past `max_length`.
+
+    `magicless` frames omit zstd's 4-byte magic number (deltas, where every byte counts).
+    """
     zdict = zstandard.ZstdCompressionDict(dict_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if dict_data else None
-    dctx = zstandard.ZstdDecompressor(dict_data=zdict, max_window_size=_MAX_WINDOW)
+    fmt = zstandard.FORMAT_ZSTD1_MAGICLESS if magicless else zstandard.FORMAT_ZSTD1
+    dctx = zstandard.ZstdDecompressor(dict_data=zdict, max_window_size=_MAX_WINDOW, format=fmt)
     out = bytearray()
     try:
         with dctx.stream_reader(frame, read_across_frames=False) as reader:

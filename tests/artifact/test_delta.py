@@ -178,3 +178,85 @@ def test_cli_make_and_apply(tmp_path: Path) -> None:
     assert wrong.returncode == 2
     assert "made against base" in wrong.stderr and "Traceback" not in wrong.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def _qdq_pair(tmp_path: Path) -> tuple[bytes, bytes]:
+    """A small conv net, quantized to int8 QDQ by ONNX Runtime before and after a full fine-tune."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((64, 3, 3, 3)) * 0.2).astype(np.float32)
+    b1 = (rng.standard_normal(64) * 0.1).astype(np.float32)
+    w2 = (rng.standard_normal((10, 64, 3, 3)) * 0.05).astype(np.float32)
+    b2 = (rng.standard_normal(10) * 0.1).astype(np.float32)
+
+    def fp32_model(ws: list[np.ndarray]) -> bytes:
+        names = ["w1", "b1", "w2", "b2"]
+        graph = helper.make_graph(
+            [
+                helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+                helper.make_node("Relu", ["c1"], ["r1"]),
+                helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+                helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
+                helper.make_node("Flatten", ["p"], ["logits"]),
+            ],
+            "net",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+            initializer=[numpy_helper.from_array(w, n) for w, n in zip(ws, names, strict=True)],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    calib = rng.standard_normal((32, 3, 16, 16)).astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter([{"input": calib[i : i + 8]} for i in range(0, 32, 8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.it, None)
+
+    def quantize(model: bytes, tag: str) -> bytes:
+        (tmp_path / f"{tag}.onnx").write_bytes(model)
+        quantize_static(
+            str(tmp_path / f"{tag}.onnx"),
+            str(tmp_path / f"{tag}.q.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+        )
+        return (tmp_path / f"{tag}.q.onnx").read_bytes()
+
+    base = [w1, b1, w2, b2]
+    # The largest weight of every output channel grows by 3 %: each channel's scale moves with it,
+    # so every quantized value of the channel is re-rounded, and the bias codes follow the scales.
+    tuned = []
+    for w in base:
+        t = w.copy().reshape(w.shape[0], -1)
+        peak = np.abs(t).argmax(axis=1)
+        t[np.arange(t.shape[0]), peak] *= 1.03
+        tuned.append(t.reshape(w.shape).astype(np.float32))
+    return quantize(fp32_model(base), "v1"), quantize(fp32_model(tuned), "v2")
+
+
+def test_quantized_fine_tune_pays_only_for_real_changes(tmp_path: Path) -> None:
+    """int8 QDQ: when a channel's scale moves, all its codes are re-rounded. Predicting that from the
+    new scales (and bias scales as input · weight scale) leaves only the genuine changes to send."""
+    import bsdiff4
+
+    old, new = _qdq_pair(tmp_path)
+    delta = A.make_delta(old, new)
+    assert A.apply_delta(old, delta) == new
+    assert len(delta) < 0.3 * len(bsdiff4.diff(old, new))
+
+    # Damage the derivation rows: the result must be refused, never returned wrong.
+    for position in range(81, len(delta), 3):  # every third byte after the 81-byte header
+        damaged = bytearray(delta)
+        damaged[position] ^= 0x5A
+        try:
+            rebuilt = A.apply_delta(old, bytes(damaged))
+        except A.DeltaError:
+            continue
+        assert rebuilt == new  # only possible where the flipped bits did not matter
