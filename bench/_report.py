@@ -1,0 +1,42 @@
+"""Shared by the benchmarks: write a result section into docs/benchmarks.md, replacing its old copy."""
+
+from __future__ import annotations
+
+import platform
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip() or "?"
+    return f"{cpu}, {cores} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) the section `name` in docs/benchmarks.md."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python " + " ".join(sys.argv)
+    section = (
+        f"<!-- bench:{name} -->\n## {name}\n\n"
+        f"- machine: {machine()}\n- date: {stamp}\n- command: `{command}`\n\n{body.strip()}\n"
+        f"<!-- /bench:{name} -->\n"
+    )
+    text = DOC.read_text() if DOC.exists() else HEADER
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->\n", re.S)
+    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
