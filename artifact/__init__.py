@@ -61,6 +61,7 @@ from .manifest import (
     parse_manifest,
     parse_time,
 )
+from .preprocess import golden_seed_input, image_to_input, input_shape
 from .verify import DigestCheck, TrustPolicy, VerifiedManifest, check_bytes, read_verified, verify_manifest
 
 __all__ = [
@@ -115,6 +116,9 @@ __all__ = [
     "encode_payload",
     "format_time",
     "generate_key",
+    "golden_seed_input",
+    "image_to_input",
+    "input_shape",
     "key_id",
     "load_private_key",
     "load_public_key",

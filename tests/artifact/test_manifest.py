@@ -123,3 +123,20 @@ def _splitmix64_reference(seed: int, count: int) -> list[float]:
 @pytest.mark.parametrize("seed", [0, 1, 2**63 - 1])
 def test_seeded_input_matches_the_reference_generator(seed: int) -> None:
     assert A.seeded_input(seed, (2, 3, 4)).reshape(-1).tolist() == _splitmix64_reference(seed, 24)
+
+
+def test_image_to_input_normalises_in_float32() -> None:
+    import numpy as np
+
+    pre = A.Preprocess(size=8, mean=[0.5, 0.5, 0.5], std=[0.25, 0.5, 1.0], layout="NCHW")
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[0, 0] = [255, 0, 51]
+    rgb[5, 2] = [9, 200, 255]
+    x = A.image_to_input(rgb, pre)
+    assert x.shape == (1, 3, 8, 8) and x.dtype == np.float32
+    assert x[0, 0, 0, 0] == pytest.approx(2.0) and x[0, 1, 0, 0] == pytest.approx(-1.0)
+    assert x[0, 2, 0, 0] == pytest.approx(0.2 - 0.5)
+    nhwc = A.image_to_input(rgb, pre.model_copy(update={"layout": "NHWC"}))
+    assert nhwc.shape == (1, 8, 8, 3) and np.array_equal(nhwc[0].transpose(2, 0, 1), x[0])
+    with pytest.raises(ValueError, match="resize"):
+        A.image_to_input(np.zeros((3, 3, 3), np.uint8), pre)
