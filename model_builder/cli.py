@@ -13,7 +13,11 @@ import sys
 from collections.abc import Sequence
 
 # Sub-command modules, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("model_builder.commands.delta",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "model_builder.commands.sign",
+    "model_builder.commands.publish",
+    "model_builder.commands.delta",
+)
 
 
 class CommandError(Exception):
