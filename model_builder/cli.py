@@ -14,6 +14,13 @@ from collections.abc import Sequence
 
 # Sub-command modules, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "model_builder.commands.describe",
+    "model_builder.commands.dataset",
+    "model_builder.commands.train",
+    "model_builder.commands.export",
+    "model_builder.commands.package",
+    "model_builder.commands.pipeline",
+    "model_builder.commands.explore",
     "model_builder.commands.sign",
     "model_builder.commands.publish",
     "model_builder.commands.delta",
@@ -37,12 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from artifact import ArtifactError
+    from model_builder.errors import BuilderError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ArtifactError, OSError) as e:
+    except (CommandError, BuilderError, ArtifactError, OSError) as e:
         print(f"model-builder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,12 +19,9 @@ import httpx
 from tqdm import tqdm
 
 from artifact import parse_manifest, read_artifact
+from model_builder.errors import PublishError
 
 CHUNK = 64 * 1024
-
-
-class PublishError(Exception):
-    """The server refused the artifact or could not be reached; the message says which and why."""
 
 
 @dataclass(frozen=True)

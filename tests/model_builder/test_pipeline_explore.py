@@ -1,0 +1,86 @@
+"""pipeline (train → export → package → publish) and design-space exploration, end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import artifact as A
+from model_builder.cli import main
+from model_builder.explore import ExploreError, parse_sweep
+
+
+@pytest.fixture()
+def registry() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
+    """A real HTTP server on loopback that accepts uploads like the OTA server's publish endpoint."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers.get("Authorization", ""), body))
+            answer = json.dumps({"model": "shapes", "version": 1}).encode()
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_pipeline_trains_packages_and_publishes(
+    tiny_shapes: Path, tmp_path: Path, registry: tuple[str, list[tuple[str, str, bytes]]]
+) -> None:
+    url, received = registry
+    assert main(["keygen", "--out", str(tmp_path / "keys")]) == 0
+    code = main([
+        "pipeline", "--data", str(tiny_shapes), "--out", str(tmp_path / "run"), "--epochs", "1", "--threads", "1",
+        "--no-progress", "--name", "shapes", "--version", "1", "--key", str(tmp_path / "keys" / "signing.key"),
+        "--server", url, "--token", "secret-token",
+    ])  # fmt: skip
+    assert code == 0
+    ((path, auth, body),) = received
+    assert path == "/v1/models/shapes/versions" and auth == "Bearer secret-token"
+    assert body == (tmp_path / "run" / "shapes-v1.otam").read_bytes()
+    trust = A.TrustPolicy.of([A.load_public_key(tmp_path / "keys" / "signing.pub")])
+    assert A.verify_artifact(body, trust=trust, expected_model="shapes").manifest.version == 1
+
+
+def test_explore_writes_csv_and_plot(tiny_shapes: Path, tmp_path: Path) -> None:
+    code = main([
+        "explore", "--data", str(tiny_shapes), "--sweep", "squeeze_ratio=0.125,0.5", "--epochs", "1",
+        "--threads", "1", "--no-progress", "--out", str(tmp_path / "x"),
+    ])  # fmt: skip
+    assert code == 0
+    rows = list(csv.DictReader((tmp_path / "x" / "explore.csv").open()))
+    assert [float(r["value"]) for r in rows] == [0.125, 0.5]
+    assert int(rows[0]["params"]) < int(rows[1]["params"])  # wider squeeze layers, more parameters
+    assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 for r in rows)
+    assert (tmp_path / "x" / "explore.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "words"),
+    [("squeeze=0.1,0.2", "NAME=V1"), ("squeeze_ratio=0.5", "at least two"), ("pct_3x3=0.5,1.5", "pct_3x3"),
+     ("freq=2,x", "freq")],
+)  # fmt: skip
+def test_bad_sweeps_are_refused_before_training(sweep: str, words: str) -> None:
+    with pytest.raises(ExploreError, match=words):
+        parse_sweep(sweep)
