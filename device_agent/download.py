@@ -1,0 +1,153 @@
+"""Resumable, length-capped downloads into DIR/downloads (STYLE.md 4).
+
+Bytes stream into `<sha256>.part`; every chunk passes the door's :class:`artifact.DigestCheck`
+*before* it is written, so the file never holds a byte past the signed (or offered) length, and
+:class:`artifact.TooLongError` stops the transfer at the first extra chunk. The partial file
+survives a restart and is resumed with `Range: bytes=N-`: its bytes are re-hashed from disk
+first, so resumption costs a read, never trust. A server that ignores the range (200) restarts the
+file; one that answers 416 means our partial is bogus, and it is dropped.
+
+A resumed file that fails its hash may have been damaged by the crash that interrupted it (a
+power cut can leave zeros in a file's tail), so it is fetched once more from byte zero before the
+mismatch counts against the version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import artifact as A
+
+from .errors import TransientError
+from .protocol import ServerClient
+
+CHUNK = 1 << 16
+Progress = Callable[[int, int], None]  # (bytes on disk, total)
+
+
+@dataclass
+class DownloadResult:
+    path: Path
+    received: int  # bytes that crossed the network in this call
+    resumed_from: int  # bytes already on disk when this call started
+
+
+class DownloadDir:
+    """DIR/downloads: one `.part` per blob being fetched, `.blob` once it is complete and verified."""
+
+    def __init__(self, root: Path, *, durable: bool = True) -> None:
+        self.root = root
+        self.durable = durable
+        root.mkdir(parents=True, exist_ok=True)
+
+    def part(self, sha256: str) -> Path:
+        return self.root / f"{sha256}.part"
+
+    def blob(self, sha256: str) -> Path:
+        return self.root / f"{sha256}.blob"
+
+    def partial_size(self, sha256: str) -> int:
+        try:
+            return self.part(sha256).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def read(self, sha256: str, *, length: int, what: str) -> bytes | None:
+        """A completed download, checked again through the door (it sat on disk); None if it is gone."""
+        try:
+            data = self.blob(sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        A.check_bytes(data, length=length, sha256=sha256, what=what)
+        return data
+
+    def clear(self, keep: set[str] | None = None) -> None:
+        """Remove every download except those named in `keep` (sha256s)."""
+        for path in self.root.iterdir():
+            if keep and path.name.split(".", 1)[0] in keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    async def fetch(
+        self,
+        client: ServerClient,
+        url: str,
+        *,
+        length: int,
+        sha256: str,
+        what: str,
+        progress: Progress | None = None,
+    ) -> DownloadResult:
+        """The verified file for (`length`, `sha256`), fetched or resumed as needed."""
+        done = self.blob(sha256)
+        if done.exists():
+            A.check_bytes(done.read_bytes(), length=length, sha256=sha256, what=what)
+            return DownloadResult(done, 0, length)
+        part = self.part(sha256)
+        check, have = self._resume(part, A.DigestCheck(length, sha256, what))
+        resumed_from, received = have, 0
+        if have < length:
+            check, received = await self._stream(client, url, part, check, have, progress)
+        try:
+            check.finish()
+        except A.HashMismatchError:
+            part.unlink(missing_ok=True)
+            if resumed_from:
+                raise TransientError(f"{what} resumed from byte {resumed_from} did not verify; restarting") from None
+            raise
+        if self.durable:
+            with part.open("rb") as f:
+                os.fsync(f.fileno())
+        os.replace(part, done)
+        return DownloadResult(done, received, resumed_from)
+
+    @staticmethod
+    def _resume(part: Path, check: A.DigestCheck) -> tuple[A.DigestCheck, int]:
+        """Feed an existing partial file through `check`; drop it if it is already too long."""
+        try:
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    check.update(chunk)
+        except FileNotFoundError:
+            return check, 0
+        except A.TooLongError:
+            part.unlink(missing_ok=True)
+            return A.DigestCheck(check.length, check.sha256, check.what), 0
+        return check, check.received
+
+    async def _stream(
+        self,
+        client: ServerClient,
+        url: str,
+        part: Path,
+        check: A.DigestCheck,
+        have: int,
+        progress: Progress | None,
+    ) -> tuple[A.DigestCheck, int]:
+        received = 0
+        async with client.open_blob(url, have) as response:
+            if response.status == 416:
+                part.unlink(missing_ok=True)
+                raise TransientError(f"{check.what}: server refused to resume at byte {have}; restarting")
+            if response.start != have:  # 200 to a ranged request: the server sends everything again
+                part.unlink(missing_ok=True)
+                check = A.DigestCheck(check.length, check.sha256, check.what)
+            last = time.monotonic()
+            with part.open("ab") as f:
+                async for chunk in response.chunks:
+                    check.update(chunk)  # TooLongError here: the chunk is never written
+                    f.write(chunk)
+                    received += len(chunk)
+                    if progress is not None and time.monotonic() - last > 0.25:
+                        f.flush()
+                        progress(check.received, check.length)
+                        last = time.monotonic()
+        if progress is not None:
+            progress(check.received, check.length)
+        return check, received

@@ -1,0 +1,145 @@
+"""Events queued on disk until the server has them: DIR/events.jsonl.
+
+An event is appended (and fsynced) *before* any attempt to send it, so an unreachable server or a
+kill -9 loses nothing; delivered events are removed by rewriting the file atomically. Delivery is
+at least once: a crash between the server's 2xx and the rewrite sends a batch twice.
+
+Two limits keep a long-offline device healthy: past `cap` events the oldest `metrics` events are
+dropped (lifecycle events never are), and a batch the server refuses as invalid (4xx) is split until
+the offending events are found; each is sent once more with only the contract's fields (a strict
+server may refuse our extra ones), and otherwise set aside in events.rejected.jsonl, so one bad
+event cannot block the queue forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .errors import RejectedError
+from .fsutil import atomic_write
+from .protocol import ServerClient
+
+log = logging.getLogger(__name__)
+BATCH = 100
+# DESIGN.md's event fields; anything else an event carries is a courtesy the server may refuse.
+CONTRACT_FIELDS = frozenset({"type", "version", "reason", "at", "p50_ms", "p95_ms", "mean_confidence", "requests"})
+
+
+class EventQueue:
+    def __init__(self, path: Path, *, durable: bool = True, cap: int = 10_000) -> None:
+        self.path = path
+        self.durable = durable
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = self._read()
+        self._rewrite()  # a torn last line (kill -9 mid-append) must not swallow the next append
+        self.delivered = 0
+
+    def _read(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            try:
+                value = json.loads(line)
+            except ValueError:
+                log.warning("dropping a torn line in %s", self.path)
+                continue
+            if isinstance(value, dict):
+                events.append(value)
+        return events
+
+    def _rewrite(self) -> None:
+        data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in self._events)
+        atomic_write(self.path, data, durable=self.durable)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._events)
+
+    def put(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps(dict(event), separators=(",", ":")).encode() + b"\n"
+        with self._lock:
+            self._events.append(dict(event))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line)
+                if self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if len(self._events) > self.cap:
+                self._shed()
+
+    def _shed(self) -> None:
+        excess = len(self._events) - self.cap
+        kept: list[dict[str, Any]] = []
+        for e in self._events:
+            if excess and e.get("type") == "metrics":
+                excess -= 1
+                continue
+            kept.append(e)
+        self._events = kept
+        self._rewrite()
+
+    def _drop(self, events: list[dict[str, Any]]) -> None:
+        with self._lock:
+            ids = {id(e) for e in events}
+            self._events = [e for e in self._events if id(e) not in ids]
+            self._rewrite()
+
+    def _set_aside(self, event: dict[str, Any], why: str) -> None:
+        log.error("server refused event %s (%s); kept in %s", event.get("type"), why, self.path.name)
+        with (self.path.parent / "events.rejected.jsonl").open("a") as f:
+            f.write(json.dumps({"event": event, "refused": why}) + "\n")
+        self._drop([event])
+
+    async def _send_minimal(self, client: ServerClient, event: dict[str, Any], why: str) -> int:
+        """A server with a strict schema may refuse our extra fields (`detail`, `source` …): the
+        contract's fields alone must still get through, or the fleet view loses an install."""
+        core = {k: v for k, v in event.items() if k in CONTRACT_FIELDS}
+        if core != event:
+            try:
+                await client.post_events([core])
+            except RejectedError as e:
+                why = str(e)
+            else:
+                log.warning("server refused the extra fields of a %s event; sent without them", event.get("type"))
+                self._drop([event])
+                self.delivered += 1
+                return 1
+        self._set_aside(event, why)
+        return 0
+
+    async def flush(self, client: ServerClient) -> int:
+        """Send everything queued, oldest first. Transport errors propagate; the queue keeps its events."""
+        sent = 0
+        while True:
+            with self._lock:
+                batch = self._events[:BATCH]
+            if not batch:
+                return sent
+            sent += await self._send(client, batch)
+
+    async def _send(self, client: ServerClient, batch: list[dict[str, Any]]) -> int:
+        try:
+            await client.post_events(batch)
+        except RejectedError as e:
+            if len(batch) == 1:
+                return await self._send_minimal(client, batch[0], str(e))
+            half = len(batch) // 2
+            return await self._send(client, batch[:half]) + await self._send(client, batch[half:])
+        self._drop(batch)
+        self.delivered += len(batch)
+        return len(batch)

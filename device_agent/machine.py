@@ -1,0 +1,312 @@
+"""The update state machine (STYLE.md 5; mender's app/state.go).
+
+::
+
+    idle ─▶ checking ─▶ downloading ─▶ verifying ─▶ staging ─▶ validating ─▶ swapping ─▶ reporting ─▶ idle
+               │  no offer / known-bad version ─▶ idle
+               └─ any failure ─▶ handle_error: transient ─▶ backoff ─▶ checking (fresh URLs, resume)
+                                              fatal     ─▶ `failed` event, old model kept ─▶ idle
+                                              fatal in a delta ─▶ downloading the full payload, once
+
+One small function per state does its work and returns the next state; none catches anything.
+The runner persists the state before each step and sends every exception to :func:`handle_error`,
+the single place that applies :func:`device_agent.policy.classify`. On start, :func:`resume` picks
+the state to continue from and counts the crash; past the cap the version fails with `crash_loop`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import artifact as A
+
+from .device import Device
+from .errors import CrashLoopError, OfferError, SlotError
+from .policy import classify
+from .protocol import Offer, now_rfc3339
+from .state import Job, State
+
+log = logging.getLogger(__name__)
+Step = Callable[[Device], Awaitable[State]]
+
+
+def _job(dev: Device) -> Job:
+    job = dev.record.job
+    if job is None:
+        raise RuntimeError(f"state {dev.state} needs an update in progress")
+    return job
+
+
+def _choose_source(dev: Device, offer: Offer, verified: A.VerifiedManifest) -> str:
+    """The delta when it applies to what we serve and is smaller than the signed payload; else the payload.
+
+    A delta is unsigned, so its offered length is the only bound on the transfer: comparing it with
+    the *signed* payload length keeps a hostile offer from making the device fetch more than that.
+    """
+    d = offer.delta
+    usable = d is not None and d.from_version == dev.holder.version and d.length < verified.manifest.payload.length
+    return "delta" if usable and dev.slots.active() is not None else "full"
+
+
+def _finish_job(dev: Device, *, refused: bool) -> None:
+    """End the job. A refused offer's ETag is kept, so that the server may answer 304 while it stands."""
+    job = _job(dev)
+    dev.record.etag, dev.record.etag_version = (job.offer.etag, job.from_version) if refused else (None, None)
+    dev.record.job = None
+    dev.record.crashes = {}
+    dev.staged = dev.candidate = None
+    dev.verified_at = dev.progress = dev.verified_wall = None
+    dev.abandon_slot_write()
+    dev.downloads.clear()
+    dev.save()
+
+
+def _blob(job: Job, verified: A.VerifiedManifest) -> tuple[str, int, str, str]:
+    """(url, length, sha256, what) of the bytes to fetch: the signed payload, or the offered delta."""
+    if job.source == "delta" and job.offer.delta is not None:
+        d = job.offer.delta
+        return d.url, d.length, d.sha256, f"delta from v{d.from_version}"  # unsigned: bounded by the offer
+    p = verified.manifest.payload
+    return job.offer.download.url, p.length, p.sha256, "payload"
+
+
+def _mark(dev: Device, job: Job, name: str) -> None:
+    """Milliseconds since the ONNX bytes passed the door: where an install spends its time."""
+    if dev.verified_at is not None:
+        job.timings[name] = (time.perf_counter() - dev.verified_at) * 1000
+
+
+async def idle(dev: Device) -> State:
+    await dev.sleep(dev.poll_delay())
+    return State.CHECKING
+
+
+async def checking(dev: Device) -> State:
+    rec, job = dev.record, dev.record.job
+    current = dev.holder.version
+    offer = await dev.client.poll(current, rec.etag if job is None and rec.etag_version == current else None)
+    dev.backoff.reset()
+    if offer is not None and offer.poll_interval:
+        rec.poll_interval = offer.poll_interval
+    if job is not None:
+        if offer is not None and offer.version == job.version and offer.manifest_bytes == job.offer.manifest_bytes:
+            job.offer = offer  # fresh URLs (presigned ones expire); what is on disk still counts
+            return State.DOWNLOADING
+        log.info("the server no longer offers v%d; dropping it", job.version)
+        _finish_job(dev, refused=False)
+    if offer is None:
+        return State.IDLE
+    if offer.version in rec.failed or offer.version == dev.holder.version:
+        rec.etag, rec.etag_version = offer.etag, current  # judged already: let the server answer 304 from now on
+        return State.IDLE
+    rec.job = job = Job(offer, from_version=dev.holder.version)
+    dev.emit("checking", offer.version)
+    verified = dev.verify(offer)  # door checks 1–5 before a byte is downloaded
+    job.source = _choose_source(dev, offer, verified)
+    return State.DOWNLOADING
+
+
+async def downloading(dev: Device) -> State:
+    job = _job(dev)
+    verified = dev.verify(job.offer)  # door checks 1–5 again: after a restart nothing in memory is trusted
+    url, length, sha256, what = _blob(job, verified)
+    await asyncio.to_thread(dev.runtime.warm, verified)  # golden inputs: they need only the manifest
+    if job.announced != job.source:
+        dev.emit("downloading", job.version, source=job.source, bytes=length, reason=job.delta_refused)
+        job.announced = job.source
+        dev.save(sync=False)
+    result = await dev.downloads.fetch(
+        dev.client, url, length=length, sha256=sha256, what=what, progress=dev.on_progress
+    )
+    job.bytes_received += result.received
+    dev.bytes_by_source[job.source] += result.received
+    return State.VERIFYING
+
+
+async def verifying(dev: Device) -> State:
+    """Payload → ONNX (bounded decode), or old ONNX + delta → ONNX; the result is checked against the signed hash."""
+    job = _job(dev)
+    verified = dev.verify(job.offer)
+    _url, length, sha256, what = _blob(job, verified)
+    data = dev.downloads.read(sha256, length=length, what=what)
+    if data is None:
+        return State.DOWNLOADING
+    m = verified.manifest
+    if job.source == "delta":
+        base_slot = dev.slots.active()
+        if base_slot is None:
+            raise OfferError("a delta needs an installed model to apply to")
+        base = dev.slots.read_onnx(base_slot)
+        onnx = await asyncio.to_thread(A.apply_delta, base, data)
+        A.check_bytes(onnx, length=m.onnx.length, sha256=m.onnx.sha256, what="rebuilt ONNX model")
+    else:
+        onnx = await asyncio.to_thread(A.decode_verified, verified, data)
+    dev.emit("verified", job.version)
+    dev.staged = (verified, onnx)
+    dev.verified_wall = datetime.now(UTC)
+    job.slot = dev.slots.inactive()  # persisted by the next state marker, before anything is written there
+    dev.verified_at = time.perf_counter()
+    return State.STAGING
+
+
+async def staging(dev: Device) -> State:
+    job = _job(dev)
+    if dev.staged is None or job.slot is None:  # restarted: the verified bytes were only in memory
+        return State.VERIFYING
+    verified, onnx = dev.staged
+    dev.stage_in_background(job.slot, verified, onnx)  # swapping waits for it; validating needs only memory
+    return State.VALIDATING
+
+
+async def validating(dev: Device) -> State:
+    job = _job(dev)
+    if dev.staged is not None:
+        verified, onnx = dev.staged
+    elif job.slot is None:
+        return State.VERIFYING
+    else:  # restarted: validate what is on disk, through the door again
+        try:
+            content = await asyncio.to_thread(
+                dev.slots.load, job.slot, trust=dev.config.trust, model=dev.config.model, staged=True
+            )
+        except (SlotError, A.ArtifactError) as e:
+            log.warning("staged slot %s is unusable (%s); staging again", job.slot, e)
+            return State.VERIFYING
+        if content.version != job.version:
+            return State.VERIFYING
+        verified, onnx = content.verified, content.onnx
+    model, timings = await asyncio.to_thread(dev.runtime.prepare, onnx, verified)
+    dev.staged = None
+    dev.candidate = model
+    job.timings.update(session_ms=timings.session_ms, golden_ms=timings.golden.golden_ms)
+    _mark(dev, job, "validated_at_ms")
+    return State.SWAPPING
+
+
+async def swapping(dev: Device) -> State:
+    job = _job(dev)
+    if job.slot is not None and dev.slots.active() == job.slot and dev.holder.version == job.version:
+        return State.REPORTING  # restarted after the pointer moved: boot already serves it
+    if dev.candidate is None or job.slot is None:
+        return State.VALIDATING
+    await dev.slot_on_disk(job.slot)  # never point at a slot that is not on disk
+    _mark(dev, job, "synced_at_ms")
+    dev.slots.mark_validated(job.slot, dev.verified_wall or datetime.now(UTC))
+    dev.crash_point("swapping:before-pointer")
+    dev.slots.activate(job.slot, sync=False)
+    dev.crash_point("swapping:after-pointer")
+    dev.holder.swap(dev.candidate)
+    dev.candidate = None
+    _mark(dev, job, "verified_to_serving_ms")
+    await asyncio.to_thread(dev.slots.sync_pointer)  # pointer and meta durable before `installed` is reported
+    return State.REPORTING
+
+
+async def reporting(dev: Device) -> State:
+    job = _job(dev)
+    timings = {k: round(v, 3) for k, v in job.timings.items()}
+    record = {
+        "version": job.version,
+        "source": job.source,
+        "bytes": job.bytes_received,
+        "payload_bytes": job.offer.download.length,
+        "at": now_rfc3339(),
+    }
+    dev.add_install({**record, **timings, "delta_refused": job.delta_refused})
+    dev.emit("installed", job.version, source=job.source, bytes=job.bytes_received, from_version=job.from_version)
+    log.info(
+        "installed %s v%d (%s, %d bytes, verified→serving %.1f ms)",
+        dev.config.model,
+        job.version,
+        job.source,
+        job.bytes_received,
+        timings.get("verified_to_serving_ms", float("nan")),
+    )
+    _finish_job(dev, refused=False)
+    return State.IDLE
+
+
+STEPS: dict[State, Step] = {
+    State.IDLE: idle,
+    State.CHECKING: checking,
+    State.DOWNLOADING: downloading,
+    State.VERIFYING: verifying,
+    State.STAGING: staging,
+    State.VALIDATING: validating,
+    State.SWAPPING: swapping,
+    State.REPORTING: reporting,
+}
+
+# Where a restart continues. Bytes that lived only in memory are recomputed from what is on disk.
+RESUME: dict[State, State] = {
+    State.IDLE: State.CHECKING,
+    State.CHECKING: State.CHECKING,
+    State.DOWNLOADING: State.DOWNLOADING,
+    State.VERIFYING: State.VERIFYING,
+    State.STAGING: State.VERIFYING,
+    State.VALIDATING: State.VALIDATING,
+    State.SWAPPING: State.SWAPPING,
+    State.REPORTING: State.REPORTING,
+}
+
+
+def resume(dev: Device) -> State:
+    """The state to continue from. A start that finds a job unfinished is a crash, unless we stopped cleanly."""
+    rec = dev.record
+    clean, rec.clean_exit = rec.clean_exit, False
+    if rec.job is None:
+        return State.CHECKING
+    state = rec.state
+    if not clean:
+        crashes = rec.crashes.get(state.value, 0) + 1
+        rec.crashes[state.value] = crashes
+        dev.save()
+        if crashes > dev.config.max_crashes:
+            raise CrashLoopError(f"the agent died {crashes} times in state {state} while installing v{rec.job.version}")
+        log.warning("resuming v%d in state %s after a crash (%d so far)", rec.job.version, state, crashes)
+    return RESUME[state]
+
+
+async def handle_error(dev: Device, state: State, exc: Exception) -> State:
+    """The one error handler: retry later, fall back from a delta once, or fail the version."""
+    job = dev.record.job
+    d = classify(exc, in_update=job is not None)
+    dev.last_error = {"state": state.value, "reason": d.reason, "detail": d.detail, "at": now_rfc3339()}
+    if d.reason == "internal_error":
+        log.error("unexpected failure in state %s", state, exc_info=exc)
+    if d.fatal and job is not None:
+        if job.source == "delta" and state in (State.DOWNLOADING, State.VERIFYING):
+            log.warning("delta for v%d refused (%s: %s); fetching the full payload", job.version, d.reason, d.detail)
+            job.source, job.delta_refused = "full", f"{d.reason}: {d.detail}"
+            dev.save(sync=False)
+            return State.DOWNLOADING
+        log.error(
+            "v%d refused in state %s: %s: %s; keeping v%s", job.version, state, d.reason, d.detail, dev.holder.version
+        )
+        dev.emit("failed", job.version, reason=d.reason, detail=d.detail, state=state.value)
+        dev.record.remember_failed(job.version, d.reason)
+        _finish_job(dev, refused=True)
+        return State.IDLE
+    dev.retries += 1
+    delay = dev.backoff.next_delay(d.retry_after, slow=d.slow)
+    log.warning("%s in state %s: %s; retrying in %.1f s", d.reason, state, d.detail, delay)
+    await dev.sleep(delay)
+    return State.CHECKING
+
+
+async def run_machine(dev: Device) -> None:
+    """Run until the device is asked to stop. Every exception goes through `handle_error`."""
+    try:
+        state = resume(dev)
+    except CrashLoopError as e:
+        state = await handle_error(dev, dev.record.state, e)
+    while not dev.stopping:
+        try:
+            dev.enter(state)
+            state = await STEPS[state](dev)
+        except Exception as exc:  # the loop guard: routed through the one error policy, never swallowed
+            state = await handle_error(dev, state, exc)

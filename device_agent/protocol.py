@@ -1,0 +1,334 @@
+"""The wire API as the device sees it (DESIGN.md, "Wire API"): every path, header and JSON shape.
+
+Nothing else in the agent knows a URL path or a status code. httpx's exceptions are translated
+here, at this one boundary, into :mod:`device_agent.errors` (STYLE.md 3), and the server's JSON is
+parsed into typed objects, so that a change in the server's answers is a change in this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+import artifact as A
+
+from .errors import AuthError, EnrollmentError, NetworkError, ProtocolError, RejectedError, ServerBusyError
+
+ENROLL_PATH = "/v1/devices/enroll"
+UPDATE_PATH = "/v1/device/update"
+EVENTS_PATH = "/v1/device/events"
+EVENT_TYPES = ("checking", "downloading", "verified", "installed", "failed", "rolled_back", "metrics")
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """Where to fetch bytes, and how many the offer promises (unsigned: bounded by the signed manifest)."""
+
+    url: str
+    length: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DeltaRef(BlobRef):
+    from_version: int
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A 200 answer of `GET /v1/device/update`. `manifest_bytes` are the exact bytes the signatures cover."""
+
+    model: str
+    version: int
+    manifest_bytes: bytes
+    signatures: tuple[dict[str, str], ...]
+    download: BlobRef
+    delta: DeltaRef | None
+    poll_interval: float | None
+    etag: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """For the persisted state: an offer being installed must survive a restart."""
+        return {
+            "model": self.model,
+            "version": self.version,
+            "manifest_b64": base64.b64encode(self.manifest_bytes).decode(),
+            "signatures": list(self.signatures),
+            "download": asdict(self.download),
+            "delta": None if self.delta is None else asdict(self.delta),
+            "poll_interval": self.poll_interval,
+            "etag": self.etag,
+        }
+
+    @classmethod
+    def from_json(cls, value: Any) -> Offer:
+        return parse_offer(value, etag=value.get("etag") if isinstance(value, dict) else None)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    device_id: str
+    token: str
+
+
+def _int(value: Any, what: str, minimum: int = 0) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ProtocolError(f"offer field {what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"offer field {what} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _blob(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"offer field {what} must be an object")
+    return {
+        "url": _str(value.get("url"), f"{what}.url"),
+        "length": _int(value.get("length"), f"{what}.length", 1),
+        "sha256": _str(value.get("sha256"), f"{what}.sha256").lower(),
+    }
+
+
+def parse_offer(body: Any, *, etag: str | None) -> Offer:
+    """Parse an offer; anything malformed is a :class:`ProtocolError` (nothing signed was judged yet).
+
+    The signed bytes are `manifest_b64` when the server sends it (the exact uploaded bytes), else
+    the canonical encoding of the `manifest` object, which is the same bytes for a canonical manifest.
+    """
+    if not isinstance(body, dict):
+        raise ProtocolError("offer must be a JSON object")
+    if isinstance(body.get("manifest_b64"), str):
+        try:
+            manifest_bytes = base64.b64decode(body["manifest_b64"], validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ProtocolError(f"offer field manifest_b64 is not base64: {e}") from e
+    elif isinstance(body.get("manifest"), dict):
+        try:
+            manifest_bytes = A.canonical_json(body["manifest"])
+        except A.ManifestError as e:
+            raise ProtocolError(f"offer field manifest cannot be encoded: {e}") from e
+    else:
+        raise ProtocolError("offer carries no manifest")
+    sigs = body.get("signatures")
+    if not isinstance(sigs, list) or not all(isinstance(s, dict) for s in sigs):
+        raise ProtocolError("offer field signatures must be a list of objects")
+    delta = body.get("delta")
+    interval = body.get("poll_interval")
+    if interval is not None and (not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0):
+        raise ProtocolError(f"offer field poll_interval must be a positive number, got {interval!r}")
+    return Offer(
+        model=_str(body.get("model"), "model"),
+        version=_int(body.get("version"), "version", 1),
+        manifest_bytes=manifest_bytes,
+        signatures=tuple(sigs),
+        download=BlobRef(**_blob(body.get("download"), "download")),
+        delta=None
+        if delta is None
+        else DeltaRef(**_blob(delta, "delta"), from_version=_int(delta.get("from_version"), "delta.from_version", 1)),
+        poll_interval=None if interval is None else float(interval),
+        etag=etag,
+    )
+
+
+def now_rfc3339() -> str:
+    """UTC with a `Z` and milliseconds: events from one agent sort by time."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def make_event(
+    type_: str, version: int | None, *, reason: str | None = None, detail: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """One entry of `POST /v1/device/events`; `detail` is the human message behind `reason`."""
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    event: dict[str, Any] = {"type": type_, "version": version, "at": now_rfc3339()}
+    if reason is not None:
+        event["reason"] = reason
+    if detail is not None:
+        event["detail"] = detail[:1000]
+    event.update(fields)
+    return event
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _detail(response: httpx.Response) -> str:
+    """The `detail` of a problem+json answer, else the start of the body."""
+    try:
+        body = response.json()
+    except httpx.ResponseNotRead:  # a streamed download's error body: not worth reading
+        return ""
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return str(body)[:200]
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    code = response.status_code
+    if code < 400:
+        return
+    message = f"{what}: HTTP {code} {_detail(response)}".rstrip()
+    if code in (401, 403):
+        raise AuthError(message)
+    if code == 429 or code >= 500:
+        raise ServerBusyError(message, retry_after=_retry_after(response))
+    raise ProtocolError(message)
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """httpx's exceptions become the agent's own, here and nowhere else."""
+    try:
+        yield
+    except httpx.TransportError as e:
+        raise NetworkError(f"{what}: {type(e).__name__}: {e}") from e
+    except (httpx.DecodingError, httpx.TooManyRedirects, httpx.InvalidURL) as e:
+        raise ProtocolError(f"{what}: {e}") from e
+
+
+@dataclass
+class BlobResponse:
+    """An open download: `start` is where the body begins (0 when the server ignored our Range)."""
+
+    status: int
+    start: int
+    content_length: int | None
+    chunks: AsyncIterator[bytes]
+
+
+class ServerClient:
+    """One device's view of the server. Many may share one `httpx.AsyncClient` (the simulator).
+
+    `gate` bounds the requests a fleet has inside httpx at once: httpcore's pool does work for every
+    waiting request on every change, so a thousand queued requests would cost the loop quadratic time.
+    """
+
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: str, token: str | None = None, gate: asyncio.Semaphore | None = None
+    ) -> None:
+        self.http = http
+        self._gate: contextlib.AbstractAsyncContextManager[Any] = gate or contextlib.nullcontext()
+        self.base_url = base_url.rstrip("/") + "/"
+        self.token = token
+        origin = urlsplit(self.base_url)
+        self._origin = (origin.scheme, origin.netloc)
+
+    def _auth(self, url: str) -> dict[str, str]:
+        """The bearer token goes to our server only, never to a presigned object-storage host."""
+        parts = urlsplit(url)
+        if self.token and (parts.scheme, parts.netloc) == self._origin:
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
+
+    def url(self, path_or_url: str) -> str:
+        return urljoin(self.base_url, path_or_url)
+
+    async def enroll(self, *, secret: str, model: str, device_id: str | None, labels: Mapping[str, str]) -> Credentials:
+        body: dict[str, Any] = {"enrollment_secret": secret, "model": model}
+        if device_id:
+            body["device_id"] = device_id
+        if labels:
+            body["labels"] = dict(labels)
+        with _translated("enroll"):
+            async with self._gate:
+                response = await self.http.post(self.url(ENROLL_PATH), json=body)
+        if response.status_code in (429,) or response.status_code >= 500:
+            _raise_for_status(response, "enroll")
+        if response.status_code not in (200, 201):
+            raise EnrollmentError(f"enrollment refused: HTTP {response.status_code} {_detail(response)}")
+        try:
+            data = response.json()
+            creds = Credentials(device_id=str(data["device_id"]), token=str(data["token"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ProtocolError(f"enroll: unreadable answer: {e}") from e
+        self.token = creds.token
+        return creds
+
+    async def poll(self, current_version: int | None, etag: str | None) -> Offer | None:
+        """The offer, or None (204 nothing new, 304 the offer named by `etag` is unchanged)."""
+        params = {} if current_version is None else {"current_version": str(current_version)}
+        headers = self._auth(self.base_url)
+        if etag:
+            headers["If-None-Match"] = etag
+        with _translated("poll"):
+            async with self._gate:
+                response = await self.http.get(self.url(UPDATE_PATH), params=params, headers=headers)
+        if response.status_code in (204, 304):
+            return None
+        _raise_for_status(response, "poll")
+        if response.status_code != 200:
+            raise ProtocolError(f"poll: unexpected HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError as e:
+            raise ProtocolError(f"poll: answer is not JSON: {e}") from e
+        return parse_offer(body, etag=response.headers.get("etag"))
+
+    async def post_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        with _translated("events"):
+            async with self._gate:
+                response = await self.http.post(
+                    self.url(EVENTS_PATH), json=list(events), headers=self._auth(self.base_url)
+                )
+        if response.status_code in (400, 413, 422):
+            raise RejectedError(f"events refused: HTTP {response.status_code} {_detail(response)}")
+        _raise_for_status(response, "events")
+
+    @asynccontextmanager
+    async def open_blob(self, url: str, start: int) -> AsyncIterator[BlobResponse]:
+        """GET a blob from `start` (HTTP Range). Content-Encoding is refused so that bytes are bytes."""
+        full = self.url(url)
+        headers = {"Accept-Encoding": "identity", **self._auth(full)}
+        if start:
+            headers["Range"] = f"bytes={start}-"
+        with _translated(f"download {urlsplit(full).path}"):
+            async with self._gate, self.http.stream("GET", full, headers=headers) as response:
+                yield self._blob_response(response, start)
+
+    def _blob_response(self, response: httpx.Response, start: int) -> BlobResponse:
+        code = response.status_code
+        if code in (401, 403, 404, 410):  # an expired presigned URL or a vanished blob: poll again for a fresh one
+            raise ProtocolError(f"download: HTTP {code}; will ask the server for a fresh URL")
+        _raise_for_status(response, "download")
+        if response.headers.get("content-encoding", "identity") != "identity":
+            raise ProtocolError(f"download: unexpected Content-Encoding {response.headers['content-encoding']}")
+        length = response.headers.get("content-length")
+        content_length = int(length) if length is not None and length.isdigit() else None
+        if code == 206:
+            first = response.headers.get("content-range", "").removeprefix("bytes ").split("-", 1)[0]
+            if not first.isdigit() or int(first) != start:
+                raise ProtocolError(f"download: asked for bytes from {start}, got Content-Range {first!r}")
+        elif code == 416:
+            pass  # the partial file is longer than the blob: the caller restarts from zero
+        elif code != 200:
+            raise ProtocolError(f"download: unexpected HTTP {code}")
+        return BlobResponse(code, start if code == 206 else 0, content_length, response.aiter_bytes())

@@ -1,0 +1,131 @@
+"""Fixtures: keys on disk, a fake server per test, and agents run in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import artifact as A
+from device_agent import Agent, AgentConfig
+
+from .fakeserver import SECRET, FakeServer
+from .models import MODEL, Release, make_release
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy; fail the test with `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class AgentThread:
+    """An `Agent` running its event loop on a thread, as `device-agent run` does on the main one."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.agent = Agent(config)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self.agent.run())
+        except BaseException as e:  # surfaced by stop() so a test sees the agent's crash
+            self.error = e
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        wait_until(lambda: self.agent.ready.is_set() or self.error, what="agent start")
+        return self
+
+    @property
+    def version(self) -> int | None:
+        return self.agent.status().get("version")
+
+    def wait_version(self, version: int, timeout: float = 20.0) -> None:
+        wait_until(lambda: self.version == version, timeout, f"the agent to serve v{version} (has {self.version})")
+
+    def stop(self) -> None:
+        self.agent.stop()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "agent did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.fixture(scope="session")
+def key() -> A.SigningKey:
+    return A.generate_key()
+
+
+@pytest.fixture(scope="session")
+def stranger_key() -> A.SigningKey:
+    return A.generate_key()
+
+
+@pytest.fixture(scope="session")
+def releases(key: A.SigningKey) -> dict[int, Release]:
+    """v1–v3 of the tiny model, signed by the trusted key (built once: golden sets cost a session each)."""
+    return {v: make_release(v, [key]) for v in (1, 2, 3)}
+
+
+@pytest.fixture()
+def trust_file(tmp_path: Path, key: A.SigningKey) -> Path:
+    path = tmp_path / "publisher.pub"
+    A.save_public_key(key.verify_key, path)
+    return path
+
+
+@pytest.fixture()
+def server() -> Iterator[FakeServer]:
+    with FakeServer() as fake:
+        yield fake
+
+
+@pytest.fixture()
+def make_config(tmp_path: Path, key: A.SigningKey, server: FakeServer) -> Callable[..., AgentConfig]:
+    def build(**overrides: Any) -> AgentConfig:
+        config = AgentConfig(
+            server=server.url,
+            model=MODEL,
+            model_dir=tmp_path / "device",
+            trust=A.TrustPolicy.of([key.verify_key]),
+            enroll_secret=SECRET,
+            poll_interval=0.05,
+            force_poll_interval=True,
+            backoff_base=0.05,
+            backoff_max=0.4,
+            metrics_interval=0.3,
+            threads=1,
+            http_timeout=5.0,
+        )
+        return replace(config, **overrides)
+
+    return build
+
+
+@pytest.fixture()
+def run_agent(make_config: Callable[..., AgentConfig]) -> Iterator[Callable[..., AgentThread]]:
+    """Start agents (stopped at the end of the test, even when it fails)."""
+    started: list[AgentThread] = []
+
+    def start(**overrides: Any) -> AgentThread:
+        runner = AgentThread(make_config(**overrides)).start()
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        if runner._thread.is_alive():
+            runner.stop()

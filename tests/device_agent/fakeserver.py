@@ -1,0 +1,253 @@
+"""A small real OTA server for the agent's tests: real HTTP on 127.0.0.1, crafted offers on demand.
+
+It speaks the device half of the wire API (enroll, update, events, blobs with Range) and lets a
+test tamper with anything: the offer JSON (`offer_hook`), the bytes served for a blob
+(`blob_override`), the pace of a download (`throttle`), the events endpoint's answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import artifact as A
+
+from .models import Release
+
+SECRET = "enroll-me"
+STRICT_FIELDS = {"type", "version", "reason", "at", "p50_ms", "p95_ms", "mean_confidence", "requests"}
+
+
+class FakeServer:
+    def __init__(self, *, poll_interval: float = 0.05, port: int = 0) -> None:
+        self.poll_interval = poll_interval
+        self.port = port
+        self.releases: dict[int, Release] = {}
+        self.target: int | None = None
+        self.forced: Release | None = None  # offered whatever the device runs (downgrade tests)
+        self.deltas = True
+        self.delta_override: dict[int, bytes] = {}  # from_version → delta bytes to offer instead
+        self.blobs: dict[str, bytes] = {}
+        self.blob_override: dict[str, bytes] = {}  # sha256 → the bytes actually served
+        self.offer_hook: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self.throttle = 0.0  # seconds per chunk
+        self.chunk = 8192
+        self.ignore_range = False
+        self.events: list[dict[str, Any]] = []
+        self.events_status: int | None = None  # answer every events POST with this status
+        self.reject_types: set[str] = set()  # 422 for a batch holding one of these event types
+        self.strict_events = False  # 422 for any field beyond DESIGN.md's, like a server with extra="forbid"
+        self.enrollments: list[dict[str, Any]] = []
+        self.tokens: dict[str, str] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._httpd: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+        self._deltas: dict[tuple[int, int], bytes] = {}
+        self._shas: dict[int, tuple[bytes, str]] = {}
+
+    # ------------------------------------------------------------------ control
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def publish(self, release: Release, *, target: bool = True) -> None:
+        self.releases[release.version] = release
+        self.blobs[release.payload_sha] = release.payload
+        if target:
+            self.target = release.version
+
+    def _sha(self, data: bytes) -> str:
+        """sha256 by object identity: a fleet polls hundreds of times a second."""
+        hit = self._shas.get(id(data))
+        if hit is None or hit[0] is not data:
+            hit = self._shas[id(data)] = (data, hashlib.sha256(data).hexdigest())
+        return hit[1]
+
+    def blob_url(self, data: bytes) -> str:
+        sha = self._sha(data)
+        self.blobs[sha] = data
+        return f"/v1/blobs/{sha}"
+
+    def events_of(self, type_: str, version: int | None = None) -> list[dict[str, Any]]:
+        return [e for e in list(self.events) if e["type"] == type_ and (version is None or e.get("version") == version)]
+
+    def ranges(self) -> list[str]:
+        return [h["range"] for m, p, h in list(self.requests) if p.startswith("/v1/blobs/") and "range" in h]
+
+    # ------------------------------------------------------------------ the offer
+
+    def offer(self, current: int | None) -> dict[str, Any] | None:
+        release = self.forced
+        if release is None:
+            if self.target is None or (current or 0) >= self.target:
+                return None
+            release = self.releases[self.target]
+        delta = None
+        if self.deltas and current is not None and (current in self.releases or current in self.delta_override):
+            data = self.delta_override.get(current) or self._delta(current, release)
+            delta = {
+                "from_version": current,
+                "url": self.blob_url(data),
+                "length": len(data),
+                "sha256": self._sha(data),
+            }
+        manifest = json.loads(release.manifest_bytes)
+        offer: dict[str, Any] = {
+            "model": manifest["model"],
+            "version": release.version,
+            "manifest": manifest,
+            "signatures": release.signatures,
+            "download": {
+                "url": self.blob_url(release.payload),
+                "length": len(release.payload),
+                "sha256": release.payload_sha,
+            },
+            "delta": delta,
+            "poll_interval": self.poll_interval,
+        }
+        return self.offer_hook(offer) if self.offer_hook is not None else offer
+
+    def _delta(self, current: int, release: Release) -> bytes:
+        key = (current, release.version)
+        if key not in self._deltas:
+            self._deltas[key] = A.make_delta(self.releases[current].onnx, release.onnx)
+        return self._deltas[key]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake: FakeServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json" if status < 400 else "application/problem+json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _device(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        return self.fake.tokens.get(auth.removeprefix("Bearer "))
+
+    def _record(self) -> None:
+        self.fake.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+
+    def do_POST(self) -> None:
+        self._record()
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"null")
+        path = urlsplit(self.path).path
+        if path == "/v1/devices/enroll":
+            if body.get("enrollment_secret") != SECRET:
+                self._json(401, {"detail": "wrong enrollment secret"})
+                return
+            device_id = body.get("device_id") or f"dev-{secrets.token_hex(4)}"
+            token = secrets.token_urlsafe(16)
+            with self.fake._lock:
+                self.fake.enrollments.append(body)
+                self.fake.tokens[token] = device_id
+            self._json(201, {"device_id": device_id, "token": token})
+        elif path == "/v1/device/events":
+            if self._device() is None:
+                self._json(401, {"detail": "bad token"})
+            elif self.fake.events_status is not None:
+                self._json(self.fake.events_status, {"detail": "forced"})
+            elif any(e.get("type") in self.fake.reject_types for e in body) or (
+                self.fake.strict_events and any(set(e) - STRICT_FIELDS for e in body)
+            ):
+                self._json(422, {"detail": "invalid event"})
+            else:
+                device = self._device()
+                self.fake.events.extend({**e, "device_id": device} for e in body)
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+        else:
+            self._json(404, {"detail": "no such endpoint"})
+
+    def do_GET(self) -> None:
+        self._record()
+        parts = urlsplit(self.path)
+        if parts.path == "/v1/device/update":
+            if self._device() is None:
+                self._json(401, {"detail": "bad token"})
+                return
+            current = parse_qs(parts.query).get("current_version", [None])[0]
+            offer = self.fake.offer(None if current is None else int(current))
+            if offer is None:
+                self.send_response(204)
+                self.end_headers()
+                return
+            etag = '"' + hashlib.sha256(json.dumps(offer, sort_keys=True).encode()).hexdigest()[:16] + '"'
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.end_headers()
+                return
+            self._json(200, offer, {"ETag": etag})
+        elif parts.path.startswith("/v1/blobs/"):
+            self._blob(parts.path.removeprefix("/v1/blobs/"))
+        else:
+            self._json(404, {"detail": "no such endpoint"})
+
+    def _blob(self, sha: str) -> None:
+        if self._device() is None:
+            self._json(401, {"detail": "bad token"})
+            return
+        data = self.fake.blob_override.get(sha, self.fake.blobs.get(sha))
+        if data is None:
+            self._json(404, {"detail": "no such blob"})
+            return
+        start = 0
+        ranged = self.headers.get("Range")
+        if ranged and not self.fake.ignore_range:
+            start = int(ranged.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self._json(416, {"detail": "range not satisfiable"})
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        try:
+            for i in range(start, len(data), self.fake.chunk):
+                self.wfile.write(data[i : i + self.fake.chunk])
+                self.wfile.flush()
+                if self.fake.throttle:
+                    time.sleep(self.fake.throttle)
+        except (BrokenPipeError, ConnectionResetError):
+            pass

@@ -1,0 +1,163 @@
+"""Downloads at the transport seam (httpx.MockTransport): resume, range quirks, length caps, token scope."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+import artifact as A
+from device_agent import NetworkError, ProtocolError, TransientError
+from device_agent.download import DownloadDir
+from device_agent.protocol import ServerClient, parse_offer
+
+BLOB = bytes(range(256)) * 400  # 100 KiB
+SHA = hashlib.sha256(BLOB).hexdigest()
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _serve(blob: bytes, *, honour_range: bool = True, seen: list[httpx.Request] | None = None) -> Handler:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if seen is not None:
+            seen.append(request)
+        ranged = request.headers.get("range")
+        if ranged and honour_range:
+            start = int(ranged.removeprefix("bytes=").rstrip("-"))
+            if start >= len(blob):
+                return httpx.Response(416)
+            headers = {"Content-Range": f"bytes {start}-{len(blob) - 1}/{len(blob)}"}
+            return httpx.Response(206, content=blob[start:], headers=headers)
+        return httpx.Response(200, content=blob)
+
+    return handler
+
+
+def _fetch(tmp_path: Path, handler: Handler, url: str = "/v1/blobs/x", length: int = len(BLOB), sha: str = SHA) -> Path:
+    async def go() -> Path:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+            client = ServerClient(http, "http://ota.example:8000", token="device-token")
+            result = await DownloadDir(tmp_path / "dl").fetch(client, url, length=length, sha256=sha, what="payload")
+            return result.path
+
+    return asyncio.run(go())
+
+
+def test_interrupted_download_resumes_with_range_from_the_partial_length(tmp_path: Path) -> None:
+    part = DownloadDir(tmp_path / "dl").part(SHA)
+    part.write_bytes(BLOB[:30_000])
+    seen: list[httpx.Request] = []
+    path = _fetch(tmp_path, _serve(BLOB, seen=seen))
+    assert path.read_bytes() == BLOB
+    assert [r.headers.get("range") for r in seen] == ["bytes=30000-"]
+    assert not part.exists()
+
+
+def test_server_ignoring_the_range_restarts_the_file_from_zero(tmp_path: Path) -> None:
+    DownloadDir(tmp_path / "dl").part(SHA).write_bytes(BLOB[:30_000])
+    assert _fetch(tmp_path, _serve(BLOB, honour_range=False)).read_bytes() == BLOB
+
+
+def test_partial_longer_than_the_blob_is_dropped_and_refetched(tmp_path: Path) -> None:
+    DownloadDir(tmp_path / "dl").part(SHA).write_bytes(BLOB + b"junk")
+    assert _fetch(tmp_path, _serve(BLOB)).read_bytes() == BLOB
+
+
+def test_resumed_file_that_fails_its_hash_is_retried_from_zero_not_refused(tmp_path: Path) -> None:
+    """A crash (power cut) can leave garbage in a partial file: that must not condemn the version."""
+    downloads = DownloadDir(tmp_path / "dl")
+    downloads.part(SHA).write_bytes(b"\0" * 30_000)
+    with pytest.raises(TransientError, match="restarting"):
+        _fetch(tmp_path, _serve(BLOB))
+    assert not downloads.part(SHA).exists()
+    assert _fetch(tmp_path, _serve(BLOB)).read_bytes() == BLOB
+
+
+def test_stream_longer_than_the_signed_length_is_cut_and_never_stored(tmp_path: Path) -> None:
+    with pytest.raises(A.TooLongError):
+        _fetch(tmp_path, _serve(BLOB + b"x" * 100_000))
+    part = DownloadDir(tmp_path / "dl").part(SHA)
+    assert not part.exists() or part.stat().st_size <= len(BLOB)
+
+
+def test_tampered_stream_fails_the_hash(tmp_path: Path) -> None:
+    with pytest.raises(A.HashMismatchError):
+        _fetch(tmp_path, _serve(BLOB[:-1] + b"\x00"))
+
+
+def test_bearer_token_goes_to_our_server_but_never_to_presigned_storage(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+    _fetch(tmp_path, _serve(BLOB, seen=seen), url="https://bucket.s3.example/blob?X-Amz-Signature=abc")
+    assert "authorization" not in seen[0].headers
+    seen.clear()
+    (tmp_path / "dl").joinpath(f"{SHA}.blob").unlink()
+    _fetch(tmp_path, _serve(BLOB, seen=seen), url="/v1/blobs/" + SHA)
+    assert seen[0].headers["authorization"] == "Bearer device-token"
+    assert str(seen[0].url) == f"http://ota.example:8000/v1/blobs/{SHA}"
+
+
+def test_compressed_transfer_encoding_is_refused(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.headers["accept-encoding"] == "identity"
+        return httpx.Response(200, content=BLOB, headers={"Content-Encoding": "gzip"})
+
+    with pytest.raises(ProtocolError):
+        _fetch(tmp_path, handler)
+
+
+def test_expired_presigned_url_is_transient_not_a_verdict_on_the_version(tmp_path: Path) -> None:
+    with pytest.raises(ProtocolError, match="fresh URL"):
+        _fetch(tmp_path, lambda r: httpx.Response(403, content=b"<Error>Request has expired</Error>"))
+
+
+def test_connection_failure_is_a_network_error(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with pytest.raises(NetworkError):
+        _fetch(tmp_path, handler)
+
+
+def test_offer_prefers_the_exact_manifest_bytes_when_sent(key: A.SigningKey) -> None:
+    body = {
+        "model": "shapes",
+        "version": 2,
+        "manifest": {"not": "these"},
+        "manifest_b64": "eyJhIjoxfQ==",
+        "signatures": [],
+        "download": {"url": "/v1/blobs/x", "length": 10, "sha256": "AB"},
+        "delta": None,
+        "poll_interval": 30,
+    }
+    offer = parse_offer(body, etag='"e"')
+    assert offer.manifest_bytes == b'{"a":1}' and offer.download.sha256 == "ab" and offer.poll_interval == 30.0
+    del body["manifest_b64"]
+    assert parse_offer(body, etag=None).manifest_bytes == b'{"not":"these"}'
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"version": "2"},
+        {"download": {"url": "/x", "length": -1, "sha256": "ab"}},
+        {"signatures": "none"},
+        {"delta": {"url": "/d", "length": 5, "sha256": "ab"}},
+        {"manifest": None},
+        {"poll_interval": 0},
+    ],
+)
+def test_garbled_offer_is_a_protocol_error_not_a_verdict(broken: dict[str, object]) -> None:
+    body: dict[str, object] = {
+        "model": "shapes",
+        "version": 2,
+        "manifest": {"a": 1},
+        "signatures": [],
+        "download": {"url": "/v1/blobs/x", "length": 10, "sha256": "ab"},
+        "delta": None,
+    }
+    body.update(broken)
+    with pytest.raises(ProtocolError):
+        parse_offer(body, etag=None)

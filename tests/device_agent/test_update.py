@@ -1,0 +1,82 @@
+"""The happy path and its promises: enroll once, install, update over a delta, report every step."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+
+from device_agent.slots import SlotStore
+
+from .conftest import AgentThread, wait_until
+from .fakeserver import FakeServer
+from .models import Release, png_bytes
+
+
+def test_first_install_then_delta_update_serves_each_version(
+    server: FakeServer, releases: dict[int, Release], run_agent: Callable[..., AgentThread]
+) -> None:
+    server.publish(releases[1])
+    agent = run_agent()
+    agent.wait_version(1)
+    assert agent.agent.predict(png_bytes(32))["version"] == 1
+
+    server.publish(releases[2])
+    agent.wait_version(2)
+    answer = agent.agent.predict(png_bytes(32))
+    assert answer["version"] == 2 and answer["model"] == "shapes"
+    assert answer["label"] in ("circle", "square", "triangle") and 0 < answer["score"] <= 1
+    assert answer["top_k"][0]["label"] == answer["label"]
+
+    wait_until(lambda: server.events_of("installed", 2), what="installed event for v2")
+    types = [e["type"] for e in server.events if e.get("version") == 2 and e["type"] != "metrics"]
+    assert types == ["checking", "downloading", "verified", "installed"]
+    assert server.events_of("downloading", 2)[0]["source"] == "delta"
+    assert server.events_of("installed", 2)[0]["source"] == "delta"
+    install = agent.agent.status()["last_install"]
+    assert install["version"] == 2 and install["verified_to_serving_ms"] > 0
+
+
+def test_token_is_kept_private_and_enrollment_happens_once(
+    server: FakeServer, releases: dict[int, Release], run_agent: Callable[..., AgentThread]
+) -> None:
+    server.publish(releases[1])
+    agent = run_agent(device_id="kiosk-7", labels={"site": "lab"})
+    agent.wait_version(1)
+    agent.stop()
+    creds = agent.agent.config.model_dir / "credentials.json"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert server.enrollments == [
+        {"enrollment_secret": "enroll-me", "model": "shapes", "device_id": "kiosk-7", "labels": {"site": "lab"}}
+    ]
+
+    again = run_agent()
+    assert again.version == 1  # served from the slot before the server is even asked
+    wait_until(lambda: len([r for r in server.requests if r[1].startswith("/v1/device/update")]) > 3)
+    assert len(server.enrollments) == 1
+    assert again.agent.status()["device_id"] == "kiosk-7"
+
+
+def test_new_model_goes_to_the_inactive_slot_and_the_pointer_moves(
+    server: FakeServer, releases: dict[int, Release], run_agent: Callable[..., AgentThread]
+) -> None:
+    server.publish(releases[1])
+    agent = run_agent()
+    agent.wait_version(1)
+    slots = SlotStore(agent.agent.config.model_dir / "slots")
+    first = slots.active()
+    server.publish(releases[2])
+    agent.wait_version(2)
+    assert slots.active() not in (None, first)
+    assert slots.version(first or "a") == 1  # the previous model stays as the fallback
+
+
+def test_server_poll_interval_is_honoured_unless_forced(
+    server: FakeServer, releases: dict[int, Release], run_agent: Callable[..., AgentThread]
+) -> None:
+    server.poll_interval = 0.5
+    server.publish(releases[1])
+    agent = run_agent(force_poll_interval=False, poll_interval=0.01)
+    agent.wait_version(1)
+    device = agent.agent.device
+    assert device is not None
+    assert 0.45 <= device.poll_delay() <= 0.55
