@@ -1,0 +1,179 @@
+"""RFC 9457 problem documents for every error, and the request-body limit.
+
+Every non-2xx answer is ``application/problem+json`` with `type`, `title`, `status` and a
+`detail` that says precisely what was wrong. 503s carry ``Retry-After``. An unexpected exception
+is a bug: it is logged with its traceback and answered with a generic 500 problem that leaks
+nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..errors import OtaServerError, PayloadTooLargeError, UnavailableError
+from ..observability import Metrics
+
+PROBLEM_JSON = "application/problem+json"
+BODY_LIMIT_KEY = "ota.body_limit"
+log = logging.getLogger("ota.errors")
+
+_HTTP_SLUGS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthenticated", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-request", "Invalid request"),
+}
+
+
+def problem_body(*, status: int, slug: str, title: str, detail: str, **extra: Any) -> bytes:
+    doc = {"type": f"urn:ota:problem:{slug}", "title": title, "status": status, "detail": detail, **extra}
+    return json.dumps(doc, ensure_ascii=False).encode("utf-8")
+
+
+def problem_response(
+    *, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    body = problem_body(status=status, slug=slug, title=title, detail=detail, **extra)
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def install_problem_handlers(app: FastAPI, metrics: Metrics, *, retry_after: int) -> None:
+    """Register the handlers that turn every exception into a problem document."""
+
+    def respond(
+        status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> Response:
+        metrics.errors.labels(str(status), slug).inc()
+        return problem_response(status=status, slug=slug, title=title, detail=detail, headers=headers, **extra)
+
+    async def server_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OtaServerError)
+        headers = dict(exc.headers)
+        if isinstance(exc, UnavailableError):
+            headers.setdefault("Retry-After", str(retry_after))
+            log.warning("%s: %s", exc.slug, exc.detail)
+        extra = {"reason": exc.reason} if hasattr(exc, "reason") else {}
+        return respond(exc.status, exc.slug, exc.title, exc.detail, headers, **extra)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))} for e in exc.errors()[:20]]
+        detail = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5]) or "invalid request"
+        return respond(422, "invalid-request", "Invalid request", detail, errors=errors)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        return respond(exc.status_code, slug, title, detail, dict(exc.headers or {}))
+
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return respond(500, "internal-error", "Internal server error", "the server failed unexpectedly; it was logged")
+
+    app.add_exception_handler(OtaServerError, server_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over a limit with 413, without reading them whole.
+
+    The limit is ``default`` unless a route raises it for its request (``scope[BODY_LIMIT_KEY]``,
+    set by a dependency before the body is read — the artifact upload does). A declared
+    Content-Length over the limit is refused before a single body byte is read; a chunked body is
+    counted as it arrives and cut off at the first chunk past the limit. Either way the 413 is sent
+    from here, and the app sees a disconnect so it stops reading.
+    """
+
+    def __init__(self, app: ASGIApp, *, default: int, metrics: Metrics) -> None:
+        self.app = app
+        self.default = default
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared == 0 or (declared is None and not _chunked(scope)):
+            await self.app(scope, receive, send)  # no body to limit
+            return
+        received = 0
+        refused = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            limit = scope.get(BODY_LIMIT_KEY, self.default)
+            if declared is not None and declared > limit:
+                await refuse(limit, f"the body declares {declared} bytes; the limit is {limit}")
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    await refuse(limit, f"the body exceeds the {limit}-byte limit")
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def refuse(limit: int, detail: str) -> None:
+            nonlocal refused
+            refused = True
+            if started:
+                return
+            error = PayloadTooLargeError(detail)
+            self.metrics.errors.labels("413", error.slug).inc()
+            body = problem_body(status=413, slug=error.slug, title=error.title, detail=detail, limit=limit)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if refused:
+                return  # our 413 already went out; drop whatever the app answers to the disconnect
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in scope["headers"])
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

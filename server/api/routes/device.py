@@ -1,0 +1,164 @@
+"""Device endpoints: enroll, poll for an update, report events.
+
+The poll is the hottest path of the server. It authenticates without a database round trip (a
+signed token and the in-memory revocation list), reads the offered version from the in-memory
+registry view, and records last-seen in a batch (:mod:`server.seen`): when the device is current,
+it touches no database and no storage at all.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ... import fleet, schemas
+from ...data import devices as device_data
+from ...errors import AuthenticationError
+from ...offers import etag_matches
+from ...services import Services
+from ..deps import DeviceDep, EnrollmentDep, ServicesDep, SessionDep, services_of
+
+router = APIRouter(tags=["device"])
+POLL_INTERVAL_HEADER = "Ota-Poll-Interval"
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (401, 403, 422, 503)
+}
+
+
+@router.post(
+    "/v1/devices/enroll",
+    status_code=201,
+    response_model=schemas.EnrollResponse,
+    summary="Enroll a device with the fleet's enrollment secret",
+    responses={403: {"model": schemas.Problem}, 409: {"model": schemas.Problem}},
+)
+def enroll(body: EnrollmentDep, services: ServicesDep, session: SessionDep) -> schemas.EnrollResponse:
+    device, token = fleet.enroll(
+        session, services.signer, device_id=body.device_id, model=body.model, labels=body.labels
+    )
+    services.metrics.enrollments.inc()
+    return schemas.EnrollResponse(
+        device_id=device.device_id,
+        model=device.model_name,
+        token=token,
+        poll_interval=services.offers.poll_interval(device.device_id),
+    )
+
+
+def _current_version(request: Request) -> int | None:
+    """`?current_version=` parsed by hand: FastAPI's declared query parameters (and even Starlette's
+    query-string parser) cost a noticeable share of this route, which every device calls every few
+    minutes. Digits need no URL-decoding; anything else is refused like FastAPI would (422)."""
+    raw: bytes | None = None
+    for part in request.scope["query_string"].split(b"&"):
+        name, _, value = part.partition(b"=")
+        if name == b"current_version":
+            raw = value
+    if not raw:
+        return None
+    if not raw.isdigit() or len(raw) > 10 or int(raw) > schemas.MAX_INT:
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("query", "current_version"),
+                    "msg": f"must be an integer from 0 to {schemas.MAX_INT}",
+                    "type": "int_parsing",
+                }
+            ]
+        )
+    return int(raw)
+
+
+@router.get(
+    "/v1/device/update",
+    summary="What should this device run? 204: nothing new; 200: an offer",
+    response_model=schemas.UpdateOffer,
+    responses={
+        204: {"description": "the device runs the offered version (or newer), or nothing is published"},
+        304: {"description": "the offer is the one named by If-None-Match"},
+        **PROBLEMS,
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "current_version",
+                "in": "query",
+                "required": False,
+                "description": "the version the device runs (0: none; absent: the one it last reported)",
+                "schema": {"type": "integer", "minimum": 0, "maximum": schemas.MAX_INT},
+            },
+            {
+                "name": "If-None-Match",
+                "in": "header",
+                "required": False,
+                "description": "the ETag of the last offer: answered 304 if the offer is unchanged",
+                "schema": {"type": "string"},
+            },
+        ]
+    },
+)
+async def poll_update(request: Request, device: DeviceDep) -> Response:
+    services = services_of(request)
+    current_version = _current_version(request)
+    snapshot = services.view.current()
+    services.seen.mark(device.pk)
+    interval = services.offers.poll_interval(device.device_id)
+    headers = {POLL_INTERVAL_HEADER: str(interval), "Cache-Control": "no-store"}
+    if current_version is None:
+        current_version = await run_in_threadpool(_recorded_version, services, device.pk)
+    head = snapshot.heads.get(device.model)
+    if head is None or (current_version is not None and head.version <= current_version):
+        services.metrics.poll_current.inc()
+        return Response(status_code=204, headers=headers)
+    content = services.offers.cached_content(head.version_id)
+    if content is None:
+        content = await run_in_threadpool(services.offers.load_content, head.version_id, head.model)
+    base_url = (services.settings.public_url or str(request.base_url)).rstrip("/")
+    offer = services.offers.build(
+        head=head, content=content, current_version=current_version, interval=interval, base_url=base_url
+    )
+    headers["ETag"] = offer.etag
+    if etag_matches(request.headers.get("if-none-match"), offer.etag):
+        services.metrics.poll_not_modified.inc()
+        return Response(status_code=304, headers=headers)
+    services.metrics.poll_update.inc()
+    services.offers.count(offer)
+    return Response(offer.body, status_code=200, media_type="application/json", headers=headers)
+
+
+def _recorded_version(services: Services, pk: int) -> int | None:
+    """The installed version the device last reported (for polls that do not say)."""
+    with services.db.session() as session:
+        row = device_data.get_device_by_pk(session, pk=pk)
+        if row is None:
+            raise AuthenticationError("this device is no longer enrolled")
+        return row.installed_version
+
+
+@router.post(
+    "/v1/device/events",
+    response_model=schemas.EventsResponse,
+    summary='Report events (a JSON array, or {"events": [...]})',
+    responses=PROBLEMS,
+)
+def post_events(
+    device: DeviceDep,
+    services: ServicesDep,
+    session: SessionDep,
+    body: Annotated[schemas.EventList | schemas.EventBatch, Body()],
+) -> JSONResponse:
+    events = body.events if isinstance(body, schemas.EventBatch) else body
+    row = device_data.get_device_by_pk(session, pk=device.pk)
+    if row is None:
+        raise AuthenticationError("this device is no longer enrolled")
+    fleet.apply_events(session, device=row, events=events)
+    session.commit()
+    for e in events:
+        services.metrics.device_events.labels(e.type).inc()
+    result = schemas.EventsResponse(recorded=len(events), status=row.status, installed_version=row.installed_version)
+    interval = services.offers.poll_interval(device.device_id)
+    return JSONResponse(result.model_dump(), headers={POLL_INTERVAL_HEADER: str(interval)})

@@ -1,0 +1,178 @@
+"""Registry endpoints (admin): publish, list, inspect and revoke model versions."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Path, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ... import schemas
+from ...data import deltas as delta_data
+from ...data import registry as registry_data
+from ...errors import ModelNotFoundError, VersionNotFoundError
+from ...models import Model, ModelVersion
+from ..deps import AdminDep, ServicesDep, SessionDep
+from ..uploads import spool_body
+
+router = APIRouter(prefix="/v1/models", tags=["registry"])
+ModelPath = Annotated[str, Path(pattern=schemas.MODEL_NAME, description="model name")]
+VersionPath = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (401, 403, 404)
+}
+
+
+def version_summary(model: str, row: ModelVersion) -> schemas.VersionSummary:
+    return schemas.VersionSummary(
+        model=model,
+        version=row.version,
+        parent_version=row.parent_version,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        published_at=row.published_at,
+        published_by=row.published_by,
+        payload=schemas.BlobRef(length=row.payload_length, sha256=row.payload_sha256),
+        onnx=schemas.BlobRef(length=row.onnx_length, sha256=row.onnx_sha256),
+        artifact_sha256=row.artifact_sha256,
+        revoked=row.revoked_at is not None,
+        revoked_at=row.revoked_at,
+        revoked_reason=row.revoked_reason,
+    )
+
+
+def _model(session: SessionDep, name: str) -> Model:
+    model = registry_data.get_model(session, name=name)
+    if model is None:
+        raise ModelNotFoundError(f"no model {name!r} has been published")
+    return model
+
+
+def _version(session: SessionDep, model: Model, version: int) -> ModelVersion:
+    row = registry_data.get_version(session, model_id=model.id, version=version)
+    if row is None:
+        raise VersionNotFoundError(f"model {model.name!r} has no version {version}")
+    return row
+
+
+@router.post(
+    "/{model}/versions",
+    status_code=201,
+    response_model=schemas.VersionSummary,
+    summary="Publish a version (body: the artifact file)",
+    responses={
+        200: {"model": schemas.VersionSummary, "description": "this exact file was already published"},
+        409: {"model": schemas.Problem, "description": "same version with other bytes, or not above the latest"},
+        413: {"model": schemas.Problem, "description": "artifact over OTA_MAX_ARTIFACT_BYTES"},
+        422: {"model": schemas.Problem, "description": "the artifact fails verification"},
+        **PROBLEMS,
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def publish_version(model: ModelPath, request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
+    path = await spool_body(request, limit=services.settings.max_artifact_bytes)
+    try:
+        data = await run_in_threadpool(path.read_bytes)
+    finally:
+        path.unlink(missing_ok=True)
+    try:
+        result = await run_in_threadpool(services.publisher.publish, model=model, data=data, publisher=admin.name)
+    except Exception:
+        services.metrics.publishes.labels("rejected").inc()
+        raise
+    row = result.version
+    if result.created:
+        services.metrics.publishes.labels("created").inc()
+        await run_in_threadpool(services.view.refresh)
+        if result.previous_offered is not None:
+            services.deltas.request(row.model_id, result.previous_offered, row.version)
+    else:
+        services.metrics.publishes.labels("unchanged").inc()
+    body = version_summary(model, row).model_dump(mode="json")
+    return JSONResponse(
+        body,
+        status_code=201 if result.created else 200,
+        headers={"Location": f"/v1/models/{model}/versions/{row.version}"},
+    )
+
+
+@router.get("", response_model=list[schemas.ModelOut], summary="List models", responses=PROBLEMS)
+def list_models(_admin: AdminDep, session: SessionDep) -> list[schemas.ModelOut]:
+    return [
+        schemas.ModelOut(
+            name=m.name,
+            created_at=m.created_at,
+            versions=m.versions,
+            latest_version=m.latest_version,
+            offered_version=m.offered_version,
+        )
+        for m in registry_data.list_models(session)
+    ]
+
+
+@router.get(
+    "/{model}/versions",
+    response_model=list[schemas.VersionSummary],
+    summary="List versions, newest first",
+    responses=PROBLEMS,
+)
+def list_versions(model: ModelPath, _admin: AdminDep, session: SessionDep) -> list[schemas.VersionSummary]:
+    m = _model(session, model)
+    return [version_summary(model, row) for row in registry_data.list_versions(session, model_id=m.id)]
+
+
+@router.get(
+    "/{model}/versions/{version}",
+    response_model=schemas.VersionDetail,
+    summary="One version in full",
+    responses=PROBLEMS,
+)
+def get_version(model: ModelPath, version: VersionPath, _admin: AdminDep, session: SessionDep) -> schemas.VersionDetail:
+    m = _model(session, model)
+    row = _version(session, m, version)
+    deltas = delta_data.list_deltas(session, model_id=m.id, to_version=version)
+    return schemas.VersionDetail(
+        **version_summary(model, row).model_dump(),
+        manifest=json.loads(row.manifest_bytes),
+        manifest_b64=base64.b64encode(row.manifest_bytes).decode("ascii"),
+        signatures=json.loads(row.signatures),
+        deltas=[schemas.DeltaSummary(from_version=d.from_version, status=d.status, length=d.length) for d in deltas],
+    )
+
+
+@router.post(
+    "/{model}/versions/{version}/revoke",
+    response_model=schemas.VersionSummary,
+    summary="Revoke a version: it is never offered again",
+    description="Answers once every server process has stopped offering the version "
+    "(after about twice OTA_CACHE_SECONDS). Revoking again is harmless; the first reason is kept.",
+    responses=PROBLEMS,
+)
+async def revoke_version(
+    model: ModelPath,
+    version: VersionPath,
+    _admin: AdminDep,
+    services: ServicesDep,
+    body: Annotated[schemas.RevokeRequest | None, Body()] = None,
+) -> schemas.VersionSummary:
+    def revoke() -> schemas.VersionSummary:
+        with services.db.session() as session:
+            m = _model(session, model)
+            row = _version(session, m, version)
+            registry_data.revoke_version(session, version=row, reason=body.reason if body else None)
+            session.commit()
+            return version_summary(model, row)
+
+    summary = await run_in_threadpool(revoke)
+    await run_in_threadpool(services.view.refresh)
+    await asyncio.sleep(services.view.propagation_delay)
+    return summary

@@ -1,0 +1,69 @@
+"""The app factory: settings in, a FastAPI app with every service wired out.
+
+Nothing here reads the environment: :func:`create_app` gets a :class:`Settings` (the CLI builds it
+from ``OTA_*``). The services live in one :class:`Services` object on ``app.state``; the
+dependencies in :mod:`server.api.deps` hand them to routes. Background work — the registry view's
+refresh, the last-seen flush, delta builds — starts and stops with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from .api.problems import BodyLimit, install_problem_handlers
+from .api.routes import blobs, device, devices, models, ops
+from .config import Settings
+from .errors import DatabaseUnavailableError
+from .observability import RequestObserver
+from .services import Services, build_services
+
+log = logging.getLogger("ota.app")
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    services: Services = app.state.services
+    await run_in_threadpool(services.storage.start)
+    try:
+        await run_in_threadpool(services.view.refresh)
+    except DatabaseUnavailableError as e:  # serve anyway: /readyz says not ready, polls answer 503
+        log.warning("database unavailable at start: %s", e.detail)
+    tasks = [asyncio.create_task(t.run()) for t in (services.view, services.seen, services.access)]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        services.access.flush()
+        try:
+            await run_in_threadpool(services.seen.flush)
+        except DatabaseUnavailableError as e:
+            log.warning("last-seen times lost at shutdown: %s", e.detail)
+        await run_in_threadpool(services.deltas.shutdown)
+        services.storage.close()
+        services.db.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A ready-to-serve app. Raises :class:`ConfigurationError` for unusable settings (bad key files …)."""
+    services = build_services(settings)
+    app = FastAPI(
+        title="OTA model update server",
+        version="1",
+        summary="Registry, enrollment and update delivery for edge image classifiers.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
+    for module in (device, blobs, ops, models, devices):  # hot routes first: FastAPI matches in order
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)
+    app.add_middleware(RequestObserver, metrics=services.metrics, access=services.access)
+    return app

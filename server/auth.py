@@ -1,0 +1,55 @@
+"""Who is calling: the admin and device authenticators the API dependencies use.
+
+Routes never check credentials themselves; :mod:`server.api.deps` calls these and turns the
+answer into 401 (nobody we know) or 403 (someone we know, on the wrong side: a device token on an
+admin endpoint, an admin token on a device endpoint).
+"""
+
+from __future__ import annotations
+
+from .data import admin as admin_data
+from .db import Database
+from .registry_view import RegistryView
+from .security import ADMIN_PREFIX, DeviceIdentity, Signer, digest, secret_equals
+
+BOOTSTRAP = "bootstrap"
+VERIFIED_CACHE = 200_000  # device tokens whose MAC checked out: ~50 MB at most, one per device of a big fleet
+
+
+class Authenticator:
+    def __init__(self, db: Database, signer: Signer, view: RegistryView, *, bootstrap_token: str) -> None:
+        self.db = db
+        self.signer = signer
+        self.view = view
+        self._bootstrap = bootstrap_token
+        # token → identity for tokens whose MAC already verified. A token's identity never changes
+        # (revocation is checked on every request, below), so this only saves recomputing an HMAC
+        # on each poll of each device. Failures are never cached; a full cache starts over.
+        self._verified: dict[str, DeviceIdentity] = {}
+
+    def admin(self, token: str) -> str | None:
+        """The admin token's name, or None. Blocking: minted tokens are looked up by digest."""
+        if self._bootstrap and secret_equals(token, self._bootstrap):
+            return BOOTSTRAP
+        if not token.startswith(ADMIN_PREFIX):
+            return None
+        with self.db.session() as session:
+            row = admin_data.admin_token_by_hash(session, token_hash=digest(token))
+            return row.name if row is not None else None
+
+    def device(self, token: str) -> DeviceIdentity | None:
+        """The device a token was issued to, unless it was revoked. No I/O (see :mod:`server.security`).
+
+        Raises :class:`DatabaseUnavailableError` when the revocation list is too stale to trust.
+        """
+        identity = self._verified.get(token)
+        if identity is None:
+            identity = self.signer.read_device_token(token)
+            if identity is None:
+                return None
+            if len(self._verified) >= VERIFIED_CACHE:
+                self._verified.clear()
+            self._verified[token] = identity
+        if identity.token_id in self.view.current().revoked_tokens:
+            return None
+        return identity

@@ -1,0 +1,133 @@
+"""The one settings object: every `OTA_*` variable of DESIGN.md, each with a working default.
+
+Defaults make `ota-server serve` work out of the box in development (SQLite and a local blob
+directory under ./ota-data, well-known development secrets). With ``OTA_ENV=production`` the
+server refuses to start on an empty, short or well-known secret and without publisher keys, so
+that a forgotten variable cannot become an open registry.
+
+Settings are read once (by the CLI, or by the test that builds them) and passed into
+:func:`server.app.create_app`; nothing below reads the environment again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigurationError
+
+DEV_ADMIN_TOKEN = "dev-admin-token"
+DEV_ENROLLMENT_SECRET = "dev-enrollment-secret"
+DEV_SECRET_KEY = "dev-secret-key"
+_PLACEHOLDERS = {
+    DEV_ADMIN_TOKEN,
+    DEV_ENROLLMENT_SECRET,
+    DEV_SECRET_KEY,
+    "changeme",
+    "change-me",
+    "secret",
+    "password",
+    "admin",
+    "token",
+    "example",
+    "placeholder",
+    "xxx",
+    "todo",
+}
+MIN_SECRET_LENGTH = 24
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Server configuration; environment variables carry the `OTA_` prefix (e.g. `OTA_DATABASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./ota-data/ota.db"
+    db_pool_size: int = Field(10, ge=1, le=200)
+
+    storage_url: str = "file://./ota-data/blobs"
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = Field(
+        None, description="endpoint devices reach for presigned URLs, when it differs from the server's own"
+    )
+    s3_region: str = "us-east-1"
+    s3_multipart_threshold: int = Field(16 * MiB, ge=5 * MiB)
+    s3_multipart_chunk: int = Field(16 * MiB, ge=5 * MiB)
+
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    enrollment_secret: SecretStr = SecretStr(DEV_ENROLLMENT_SECRET)
+    secret_key: SecretStr = Field(SecretStr(DEV_SECRET_KEY), description="signs device tokens and blob download URLs")
+    publisher_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    publisher_threshold: int = Field(1, ge=1)
+
+    poll_interval: int = Field(300, ge=1, le=86400)
+    poll_jitter: float = Field(0.1, ge=0, lt=1, description="± fraction spread per device so fleets don't poll in step")
+    public_url: str | None = Field(None, description="base URL devices use to reach this server (default: request's)")
+    download_url_seconds: int = Field(3600, ge=60, le=7 * 86400)
+
+    max_artifact_bytes: int = Field(256 * MiB, ge=1024)
+    max_request_bytes: int = Field(1 * MiB, ge=1024)
+
+    delta_max_ratio: float = Field(0.6, gt=0, le=1)
+    delta_workers: int = Field(1, ge=1, le=16)
+    delta_claim_timeout: float = Field(600.0, gt=0)
+
+    cache_seconds: float = Field(1.0, gt=0, le=60, description="how stale a process's registry view may get")
+    seen_flush_seconds: float = Field(5.0, gt=0, le=300)
+    retry_after: int = Field(5, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("publisher_keys", mode="before")
+    @classmethod
+    def _split_paths(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("storage_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://")):
+            raise ValueError("OTA_STORAGE_URL must start with file:// or s3://")
+        return value
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.env != "production":
+            return self
+        problems = []
+        secrets = {
+            "OTA_ADMIN_TOKEN": self.admin_token,
+            "OTA_ENROLLMENT_SECRET": self.enrollment_secret,
+            "OTA_SECRET_KEY": self.secret_key,
+        }
+        for name, secret in secrets.items():
+            value = secret.get_secret_value()
+            if value.strip().lower() in _PLACEHOLDERS or value.strip().lower().startswith(("dev-", "change")):
+                problems.append(f"{name} is a placeholder")
+            elif len(value) < MIN_SECRET_LENGTH:
+                problems.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
+        values = [s.get_secret_value() for s in secrets.values()]
+        if len(set(values)) != len(values):
+            problems.append("OTA_ADMIN_TOKEN, OTA_ENROLLMENT_SECRET and OTA_SECRET_KEY must differ")
+        if not self.publisher_keys:
+            problems.append("OTA_PUBLISHER_KEYS is empty: the registry would accept no artifact")
+        if problems:
+            raise ValueError("refusing to run in production: " + "; ".join(problems))
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (plus explicit overrides), or :class:`ConfigurationError`."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}" for err in e.errors()]
+        raise ConfigurationError("invalid configuration: " + "; ".join(lines)) from e

@@ -1,0 +1,22 @@
+"""`INSERT … ON CONFLICT DO NOTHING` for both databases (the one dialect switch the data layer needs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> bool:
+    """Insert a row unless it collides with a unique constraint; True if this call inserted it.
+
+    The answer comes from RETURNING, not from `rowcount`: through SQLAlchemy on PostgreSQL a
+    skipped `ON CONFLICT DO NOTHING` insert still reports a rowcount of 1.
+    """
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    pk = next(iter(table.primary_key.columns))
+    stmt = module.insert(table).values(**values).on_conflict_do_nothing().returning(pk)
+    return session.execute(stmt).first() is not None

@@ -1,0 +1,132 @@
+"""Models and versions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..db import utcnow
+from ..models import Model, ModelVersion
+from ._upsert import insert_ignore
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The version a model offers now: its highest version that is not revoked."""
+
+    model: str
+    model_id: int
+    version_id: int
+    version: int
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    name: str
+    created_at: datetime
+    versions: int
+    latest_version: int | None
+    offered_version: int | None
+
+
+def get_model(session: Session, *, name: str) -> Model | None:
+    return session.scalars(select(Model).where(Model.name == name)).one_or_none()
+
+
+def lock_or_create_model(session: Session, *, name: str) -> Model:
+    """The model row, created if missing, locked until the transaction ends (PostgreSQL; SQLite
+    serialises writers anyway) so that two publishes of one model cannot interleave."""
+    insert_ignore(session, Model.__table__, {"name": name, "created_at": utcnow()})  # type: ignore[arg-type]
+    return session.scalars(select(Model).where(Model.name == name).with_for_update()).one()
+
+
+def latest_version_number(session: Session, *, model_id: int) -> int | None:
+    """Highest version ever published, revoked or not: a new version must be above it."""
+    return session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model_id))
+
+
+def get_version(session: Session, *, model_id: int, version: int) -> ModelVersion | None:
+    return session.scalars(
+        select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.version == version)
+    ).one_or_none()
+
+
+def get_version_by_id(session: Session, *, version_id: int) -> ModelVersion | None:
+    return session.get(ModelVersion, version_id)
+
+
+def list_versions(session: Session, *, model_id: int) -> list[ModelVersion]:
+    return list(
+        session.scalars(
+            select(ModelVersion).where(ModelVersion.model_id == model_id).order_by(ModelVersion.version.desc())
+        )
+    )
+
+
+def list_models(session: Session) -> list[ModelSummary]:
+    offered = (
+        select(ModelVersion.model_id, func.max(ModelVersion.version).label("offered"))
+        .where(ModelVersion.revoked_at.is_(None))
+        .group_by(ModelVersion.model_id)
+        .subquery()
+    )
+    counts = (
+        select(
+            ModelVersion.model_id,
+            func.count().label("versions"),
+            func.max(ModelVersion.version).label("latest"),
+        )
+        .group_by(ModelVersion.model_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Model.name, Model.created_at, counts.c.versions, counts.c.latest, offered.c.offered)
+        .outerjoin(counts, counts.c.model_id == Model.id)
+        .outerjoin(offered, offered.c.model_id == Model.id)
+        .order_by(Model.name)
+    )
+    return [
+        ModelSummary(
+            name=r.name,
+            created_at=r.created_at,
+            versions=r.versions or 0,
+            latest_version=r.latest,
+            offered_version=r.offered,
+        )
+        for r in rows
+    ]
+
+
+def offered_heads(session: Session) -> dict[str, Head]:
+    """Every model's highest non-revoked version, in one query (the registry view's refresh)."""
+    best = (
+        select(ModelVersion.model_id, func.max(ModelVersion.version).label("version"))
+        .where(ModelVersion.revoked_at.is_(None))
+        .group_by(ModelVersion.model_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Model.name, Model.id, ModelVersion.id, ModelVersion.version)
+        .join(best, best.c.model_id == Model.id)
+        .join(ModelVersion, (ModelVersion.model_id == Model.id) & (ModelVersion.version == best.c.version))
+    )
+    return {name: Head(name, model_id, version_id, version) for name, model_id, version_id, version in rows}
+
+
+def add_version(session: Session, *, version: ModelVersion) -> ModelVersion:
+    session.add(version)
+    session.flush()
+    return version
+
+
+def revoke_version(session: Session, *, version: ModelVersion, reason: str | None) -> bool:
+    """Mark a version revoked; False if it already was (the first reason is kept)."""
+    if version.revoked_at is not None:
+        return False
+    version.revoked_at = utcnow()
+    version.revoked_reason = reason
+    session.flush()
+    return True

@@ -1,0 +1,173 @@
+"""The database schema as SQLAlchemy 2 typed models. Alembic (`migrations/`) is the only way it changes.
+
+What each table is for:
+
+- ``models`` / ``model_versions``: the registry. A version keeps the *signed manifest bytes and
+  signatures verbatim* (devices must receive exactly what was signed) plus the digests of its
+  payload and decoded ONNX blobs, which live in object storage under their sha256.
+- ``devices`` / ``device_labels`` / ``device_events``: enrolled devices, their labels (one row per
+  key, indexed for ``label=k:v`` filters) and the event log they report.
+- ``revoked_tokens``: device tokens are signed, not looked up (see :mod:`server.security`), so a
+  decommissioned device's token id is listed here until the end of time.
+- ``admin_tokens``: admin tokens minted by ``ota-server create-token``, stored as sha256 digests.
+- ``deltas``: one row per (model, from, to) pair. Its unique constraint is the *claim* that makes
+  sure a delta is computed once, also across server processes sharing the database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .db import UTCDateTime, utcnow
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+# 64-bit ids where a table can outgrow 2^31 rows; SQLite's rowid alias must be INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Model(Base):
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", lazy="raise")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    version: Mapped[int] = mapped_column(Integer)
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    manifest_bytes: Mapped[bytes] = mapped_column(LargeBinary)
+    signatures: Mapped[str] = mapped_column(Text, doc="canonical JSON list of {keyid, sig}, as uploaded")
+    artifact_sha256: Mapped[str] = mapped_column(String(64), doc="sha256 of the uploaded file: idempotent re-upload")
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    payload_length: Mapped[int] = mapped_column(BigInteger)
+    payload_encoding: Mapped[str] = mapped_column(String(32))
+    onnx_sha256: Mapped[str] = mapped_column(String(64))
+    onnx_length: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(doc="the manifest's created_at")
+    expires_at: Mapped[datetime | None] = mapped_column(doc="the manifest's expires_at")
+    published_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_by: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[datetime | None] = mapped_column()
+    revoked_reason: Mapped[str | None] = mapped_column(String(500))
+
+    model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    # Never reuse a deleted device's id: its old (signed) token names it.
+    __table_args__ = (
+        Index(None, "model_name", "installed_version", "id"),
+        Index(None, "status", "id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), unique=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)
+    enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime | None] = mapped_column()
+    installed_version: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="enrolled")
+    status_reason: Mapped[str | None] = mapped_column(String(500))
+    status_at: Mapped[datetime | None] = mapped_column()
+    last_metrics: Mapped[dict[str, Any] | None] = mapped_column()
+
+    labels: Mapped[list[DeviceLabel]] = relationship(
+        back_populates="device", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class DeviceLabel(Base):
+    __tablename__ = "device_labels"
+    __table_args__ = (Index(None, "key", "value", "device_pk"),)
+
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(63), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))
+
+    device: Mapped[Device] = relationship(back_populates="labels", lazy="raise")
+
+
+class DeviceEvent(Base):
+    __tablename__ = "device_events"
+    __table_args__ = (Index(None, "device_pk", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(500))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column()
+    device_time: Mapped[datetime | None] = mapped_column()
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RevokedToken(Base):
+    __tablename__ = "revoked_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdminToken(Base):
+    __tablename__ = "admin_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class Delta(Base):
+    __tablename__ = "deltas"
+    __table_args__ = (UniqueConstraint("model_id", "from_version", "to_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    from_version: Mapped[int] = mapped_column(Integer)
+    to_version: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), doc="pending | ready | oversize | failed")
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    length: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_by: Mapped[str] = mapped_column(String(64))
+    claimed_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(String(500))

@@ -1,0 +1,129 @@
+"""Publishing a version: the artifact goes through `artifact`'s one door, then into storage and the registry.
+
+Order matters. Everything that can refuse the artifact runs before anything is stored: the door
+(schema, model name, signatures against ``OTA_PUBLISHER_KEYS``, expiry, version above the latest,
+lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.onnx_check`. Blobs are
+written before the database row, so a committed version always has its blobs; a failure between
+the two leaves only unreferenced, content-addressed blobs behind.
+
+Re-uploading the very same file is idempotent (200); the same version with other bytes, or a
+version not above the latest (revoked ones count), is a conflict (409). The version check runs
+twice: in the door against the latest known before verification, and again under the model's row
+lock (PostgreSQL) or write lock (SQLite), so two concurrent publishes cannot both win.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import exc as sa_exc
+
+import artifact as A
+
+from .data import registry as registry_data
+from .db import Database, utcnow
+from .errors import InvalidArtifactError, VersionConflictError, VersionNotAboveLatestError
+from .models import ModelVersion
+from .onnx_check import check_model
+from .storage import Storage
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    created: bool
+    version: ModelVersion
+    previous_offered: int | None  # the version devices ran before this one: eager delta base
+
+
+class Publisher:
+    def __init__(self, db: Database, storage: Storage, trust: A.TrustPolicy | None) -> None:
+        self.db = db
+        self.storage = storage
+        self.trust = trust
+
+    def publish(self, *, model: str, data: bytes, publisher: str) -> PublishResult:
+        """Verify and store an uploaded artifact file (blocking; run it in a worker thread)."""
+        if self.trust is None:
+            raise InvalidArtifactError(
+                "this server trusts no publisher keys (OTA_PUBLISHER_KEYS is empty), so it accepts no artifact",
+                reason="NoTrustedKeys",
+            )
+        artifact_sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            parts = A.read_artifact(data)
+        except A.ArtifactError as e:
+            raise _invalid(e) from e
+        with self.db.session() as session:
+            existing_model = registry_data.get_model(session, name=model)
+            latest = (
+                registry_data.latest_version_number(session, model_id=existing_model.id) if existing_model else None
+            )
+        try:
+            verified = A.verify_artifact(parts, trust=self.trust, expected_model=model, installed_version=latest)
+        except A.DowngradeError as e:
+            # Authentic, unexpired, but not new: the same file again (200) or a conflict (409).
+            manifest = A.parse_manifest(parts.manifest_bytes)
+            return self._existing(model=model, version=manifest.version, artifact_sha256=artifact_sha256, cause=e)
+        except A.ArtifactError as e:
+            raise _invalid(e) from e
+        manifest = verified.manifest
+        check_model(verified.onnx, manifest.onnx)
+
+        self.storage.put(verified.payload)
+        self.storage.put(verified.onnx)
+        row = ModelVersion(
+            version=manifest.version,
+            parent_version=manifest.parent_version,
+            manifest_bytes=verified.verified.manifest_bytes,
+            signatures=A.canonical_json([s.to_dict() for s in verified.verified.signatures]).decode("utf-8"),
+            artifact_sha256=artifact_sha256,
+            payload_sha256=manifest.payload.sha256,
+            payload_length=manifest.payload.length,
+            payload_encoding=manifest.payload.encoding,
+            onnx_sha256=manifest.onnx.sha256,
+            onnx_length=manifest.onnx.length,
+            created_at=manifest.created,
+            expires_at=manifest.expires,
+            published_at=utcnow(),
+            published_by=publisher,
+        )
+        previous: int | None = None
+        try:
+            with self.db.session() as session:
+                model_row = registry_data.lock_or_create_model(session, name=model)
+                latest_now = registry_data.latest_version_number(session, model_id=model_row.id)
+                lost_race = latest_now is not None and latest_now >= manifest.version
+                if not lost_race:
+                    heads = registry_data.offered_heads(session)
+                    previous = heads[model].version if model in heads else None
+                    row.model_id = model_row.id
+                    registry_data.add_version(session, version=row)
+                    session.commit()
+        except sa_exc.IntegrityError:  # an identical (model, version) insert committed first
+            lost_race = True
+        if lost_race:
+            return self._existing(model=model, version=manifest.version, artifact_sha256=artifact_sha256)
+        return PublishResult(created=True, version=row, previous_offered=previous)
+
+    def _existing(
+        self, *, model: str, version: int, artifact_sha256: str, cause: Exception | None = None
+    ) -> PublishResult:
+        with self.db.session() as session:
+            model_row = registry_data.get_model(session, name=model)
+            row = registry_data.get_version(session, model_id=model_row.id, version=version) if model_row else None
+            latest = registry_data.latest_version_number(session, model_id=model_row.id) if model_row else None
+        if row is not None and row.artifact_sha256 == artifact_sha256:
+            return PublishResult(created=False, version=row, previous_offered=None)
+        if row is not None:
+            raise VersionConflictError(
+                f"version {version} of {model!r} is already published with different bytes "
+                f"(sha256 {row.artifact_sha256[:16]}…); publish a new version instead"
+            ) from cause
+        raise VersionNotAboveLatestError(
+            f"version {version} of {model!r} is not above the latest published version {latest}"
+        ) from cause
+
+
+def _invalid(e: A.ArtifactError) -> InvalidArtifactError:
+    return InvalidArtifactError(str(e), reason=type(e).__name__)

@@ -1,0 +1,90 @@
+"""Every long-lived service of one server process, built from the settings in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import artifact as A
+
+from .auth import Authenticator
+from .config import Settings
+from .db import Database
+from .deltas import DeltaService
+from .errors import ConfigurationError
+from .observability import AccessLog, Metrics
+from .offers import Offers
+from .publish import Publisher
+from .registry_view import RegistryView
+from .security import Signer
+from .seen import SeenBuffer
+from .storage import Storage, open_storage
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    storage: Storage
+    metrics: Metrics
+    access: AccessLog
+    signer: Signer
+    view: RegistryView
+    seen: SeenBuffer
+    deltas: DeltaService
+    offers: Offers
+    publisher: Publisher
+    auth: Authenticator
+
+
+def trust_policy(settings: Settings) -> A.TrustPolicy | None:
+    """The publisher keys uploads must be signed with; None when none are configured (development)."""
+    if not settings.publisher_keys:
+        return None
+    try:
+        keys = [A.load_public_key(path) for path in settings.publisher_keys]
+        return A.TrustPolicy.of(keys, threshold=settings.publisher_threshold)
+    except A.KeyFileError as e:
+        raise ConfigurationError(f"OTA_PUBLISHER_KEYS: {e}") from e
+    except ValueError as e:
+        raise ConfigurationError(f"OTA_PUBLISHER_THRESHOLD: {e}") from e
+
+
+def build_services(settings: Settings) -> Services:
+    metrics = Metrics()
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    storage = open_storage(settings)
+    signer = Signer(settings.secret_key.get_secret_value())
+    view = RegistryView(db, interval=settings.cache_seconds)
+    deltas = DeltaService(
+        db,
+        storage,
+        metrics,
+        max_ratio=settings.delta_max_ratio,
+        workers=settings.delta_workers,
+        claim_timeout=settings.delta_claim_timeout,
+    )
+    offers = Offers(
+        db,
+        storage,
+        signer,
+        deltas,
+        metrics,
+        poll_interval=settings.poll_interval,
+        poll_jitter=settings.poll_jitter,
+        url_seconds=settings.download_url_seconds,
+        max_ratio=settings.delta_max_ratio,
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        storage=storage,
+        metrics=metrics,
+        access=AccessLog(),
+        signer=signer,
+        view=view,
+        seen=SeenBuffer(db, interval=settings.seen_flush_seconds),
+        deltas=deltas,
+        offers=offers,
+        publisher=Publisher(db, storage, trust_policy(settings)),
+        auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
+    )
