@@ -11,7 +11,6 @@ venv: $(STAMP)
 # Reinstall whenever the dependency list changes. pip only: no other network than the package registries.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	@touch $@
 
@@ -22,17 +21,14 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy --strict artifact
+	$(BIN)/mypy --strict artifact device_agent server
 
 pytest: venv
 	$(BIN)/python -m pytest -q
 
+# The whole slice on embedded defaults (SQLite, local storage); DEMO_EXIT=1 exits after the summary.
 demo: venv
-	@echo "make demo will run the whole OTA slice on embedded defaults (SQLite, local storage):"
-	@echo "  generate the shapes dataset, train SqueezeNet v1, sign and publish it, start the server,"
-	@echo "  a device agent serving /predict and a simulated fleet of 50, then fine-tune v2 and watch"
-	@echo "  the fleet move to it over deltas. It is not built yet (issue 5: device agent and demo)."
-	@exit 1
+	$(BIN)/python scripts/demo.py
 
 # Benchmarks take minutes; they are not part of `make test`. Results go to docs/benchmarks.md.
 bench-deps:
@@ -40,6 +36,10 @@ bench-deps:
 
 bench: venv bench-deps
 	$(BIN)/python bench/deltas.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/compression.py
+	$(BIN)/python bench/poll.py
+	$(BIN)/python bench/hotswap.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data demo-data
