@@ -100,13 +100,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Proces
 
 
 def free_port(preferred: int) -> int:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
+    """`preferred` if it is free (0: any), else one the kernel picks."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             return int(s.getsockname()[1])
+    raise DemoError("no free TCP port on 127.0.0.1")
 
 
 class PredictLoad(threading.Thread):
