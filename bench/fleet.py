@@ -113,13 +113,13 @@ def main() -> int:
                         break
                 except httpx.HTTPError:
                     time.sleep(0.5)
-            mb = [str(BIN / "model-builder"), "publish", "--server", url, "--token", admin, "--quiet"]
+            mb = [str(BIN / "model-builder"), "publish", "--server", url, f"--token={admin}", "--quiet"]
             subprocess.run([*mb[:2], str(artifacts[1]), *mb[2:]], check=True)
             log(f"simulating {args.devices} devices; waiting for all of them to serve v1")
             report_path = work / "fleet.json"
             fleet = subprocess.Popen(
                 [str(BIN / "device-agent"), "simulate", "--server", url, "--model", "shapes", "--trust",
-                 str(work / "signing.pub"), "--enroll-secret", enroll, "--devices", str(args.devices),
+                 str(work / "signing.pub"), f"--enroll-secret={enroll}", "--devices", str(args.devices),
                  "--until-version", "2", "--timeout", "1800", "--poll-interval", "5", "--json",
                  "--model-dir", str(work / "fleet")],
                 stdout=report_path.open("wb"),

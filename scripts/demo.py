@@ -180,19 +180,19 @@ def main() -> int:
         }
         procs.start("server", [str(BIN / "ota-server"), "serve", "--port", str(port)], server_env)
         wait_for("the server to be ready", lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60, procs)
-        run([*mb, "publish", str(work / "shapes-v1.otam"), "--server", url, "--token", admin, "--quiet"])
+        run([*mb, "publish", str(work / "shapes-v1.otam"), "--server", url, f"--token={admin}", "--quiet"])
 
         say(f"4/6 starting a device agent serving /predict and a simulated fleet of {fleet_size}")
         agent_port = free_port(port + 1)
         procs.start("agent", [
             str(BIN / "device-agent"), "run", "--server", url, "--model", MODEL, "--model-dir", str(work / "device-1"),
-            "--trust", str(pub), "--enroll-secret", enroll, "--device-id", "demo-device-1",
+            "--trust", str(pub), f"--enroll-secret={enroll}", "--device-id", "demo-device-1",
             "--serve", f"127.0.0.1:{agent_port}", "--poll-interval", "1",
         ])  # fmt: skip
         fleet_report = work / "fleet-report.json"
         fleet = procs.start("fleet", [
             str(BIN / "device-agent"), "simulate", "--server", url, "--model", MODEL, "--trust", str(pub),
-            "--enroll-secret", enroll, "--devices", str(fleet_size), "--until-version", "2", "--timeout", "1800",
+            f"--enroll-secret={enroll}", "--devices", str(fleet_size), "--until-version", "2", "--timeout", "1800",
             "--poll-interval", "2", "--model-dir", str(work / "fleet"), "--json",
         ], stdout=fleet_report)  # fmt: skip
         predict = f"http://127.0.0.1:{agent_port}"
@@ -219,7 +219,7 @@ def main() -> int:
              "--lr", "3e-4", "--seed", "1", "--out", str(work / "run-v2")])  # fmt: skip
         run([*package[:2], str(work / "run-v2"), *package[2:], "--version", "2", "--parent-version", "1",
              "--out", str(work / "shapes-v2.otam")])  # fmt: skip
-        run([*mb, "publish", str(work / "shapes-v2.otam"), "--server", url, "--token", admin, "--quiet"])
+        run([*mb, "publish", str(work / "shapes-v2.otam"), "--server", url, f"--token={admin}", "--quiet"])
         wait_for("the device agent to serve v2", lambda: agent_on(2), 300, procs)
         wait_for(f"{fleet_size} simulated devices to run v2", lambda: fleet_on(2, fleet_size + 1), 900, procs)
         fleet.wait(120)
