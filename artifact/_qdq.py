@@ -14,6 +14,14 @@ import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 
+def _graph(model_bytes: bytes) -> onnx.GraphProto | None:
+    """The model's graph, or None for bytes that are not a parseable model."""
+    try:
+        return onnx.load_model_from_string(model_bytes).graph
+    except (DecodeError, ValueError, RuntimeError):
+        return None
+
+
 @dataclass(frozen=True)
 class QuantRelation:
     scale: str
@@ -23,11 +31,9 @@ class QuantRelation:
 
 def quant_relations(model_bytes: bytes) -> dict[str, QuantRelation]:
     """Initializer name → how it is dequantized. Empty for anything that is not a parseable model."""
-    try:
-        model = onnx.load_model_from_string(model_bytes)
-    except (DecodeError, ValueError, RuntimeError):
+    graph = _graph(model_bytes)
+    if graph is None:
         return {}
-    graph = model.graph
     initializers = {t.name for t in graph.initializer}
     relations: dict[str, QuantRelation] = {}
     for node in graph.node:
@@ -50,11 +56,9 @@ def scale_products(model_bytes: bytes) -> dict[str, tuple[str, str]]:
     Quantizers set a bias's scale to `input_scale · weight_scale` (float32), so the delta can
     rebuild it from the two tensors instead of sending it.
     """
-    try:
-        model = onnx.load_model_from_string(model_bytes)
-    except (DecodeError, ValueError, RuntimeError):
+    graph = _graph(model_bytes)
+    if graph is None:
         return {}
-    graph = model.graph
     initializers = {t.name for t in graph.initializer}
     dq_scale = {
         node.output[0]: node.input[1]

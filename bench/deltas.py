@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from artifact import apply_delta, encode_payload, make_delta
 from bench._report import write_section
 from model_builder.data import load_datasets, make_shapes_dataset, normalize
+from model_builder.export import export_bytes
 from model_builder.squeezenet import count_parameters, squeezenet1_1
 
 SIZE = 64
@@ -77,20 +76,7 @@ def train(
 
 
 def export(model: torch.nn.Module) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            buf,
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buf.getvalue()
+    return export_bytes(model, SIZE)
 
 
 def quantize(fp32: bytes, calib: np.ndarray, workdir: Path) -> bytes:

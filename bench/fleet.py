@@ -14,7 +14,6 @@ docs/benchmarks.md (section `fleet`).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import secrets
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import httpx
@@ -33,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import artifact as A  # noqa: E402
 from bench._report import write_section  # noqa: E402
+from model_builder.export import export_bytes  # noqa: E402
 from model_builder.package import build_artifact  # noqa: E402
 from model_builder.squeezenet import squeezenet1_1  # noqa: E402
 
@@ -46,15 +45,7 @@ def log(msg: str) -> None:
 
 
 def export(model: torch.nn.Module) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.eval(), (torch.zeros(1, 3, 64, 64),), buf, dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )  # fmt: skip
-    return buf.getvalue()
+    return export_bytes(model, 64)
 
 
 def fleet_on(url: str, headers: dict[str, str], version: int) -> int:

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import artifact as A  # noqa: E402
 from bench._report import write_section  # noqa: E402
+from model_builder.export import export_bytes  # noqa: E402
 from model_builder.squeezenet import squeezenet1_1  # noqa: E402
 from tests.device_agent.fakeserver import SECRET, FakeServer  # noqa: E402
 from tests.device_agent.models import Release  # noqa: E402
@@ -72,21 +72,7 @@ def log(msg: str) -> None:
 
 def export_v1() -> bytes:
     torch.manual_seed(0)
-    model = squeezenet1_1(num_classes=len(LABELS)).eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            buf,
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buf.getvalue()
+    return export_bytes(squeezenet1_1(num_classes=len(LABELS)), SIZE)
 
 
 def fine_tunes(v1: bytes, count: int) -> list[bytes]:

@@ -90,6 +90,14 @@ def export_model(
             os.unlink(tmp)
 
 
+def export_bytes(model: SqueezeNet, image_size: int, opset: int = OPSET) -> bytes:
+    """:func:`export_model` into memory (benchmarks and tests that need ONNX bytes, not a file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_model(model, path, image_size, opset)
+        return path.read_bytes()
+
+
 def run_onnx(path: str | Path, inputs: np.ndarray) -> np.ndarray:
     """Logits from ONNX Runtime (CPU) for float32 NCHW ``inputs``."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
