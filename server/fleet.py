@@ -18,6 +18,7 @@ import base64
 import binascii
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
@@ -53,6 +54,18 @@ def enroll(
     return device, token
 
 
+def _reason(e: schemas.Event) -> str | None:
+    """`reason: detail`, cut to the column's 500 characters."""
+    text = f"{e.reason}: {e.detail}" if e.reason and e.detail else e.reason or e.detail
+    return text[:500] if text else None
+
+
+def _context(e: schemas.Event) -> dict[str, Any] | None:
+    """The optional facts of a lifecycle event (source, bytes, from_version, state), stored beside it."""
+    facts = {k: getattr(e, k) for k in ("source", "bytes", "from_version", "state") if getattr(e, k) is not None}
+    return facts or None
+
+
 def apply_events(session: Session, *, device: Device, events: Sequence[schemas.Event]) -> None:
     """Record events and fold them into the device's status, installed version and metrics."""
     now = utcnow()
@@ -62,8 +75,8 @@ def apply_events(session: Session, *, device: Device, events: Sequence[schemas.E
             {
                 "type": e.type,
                 "version": e.version,
-                "reason": e.reason,
-                "metrics": e.metrics,
+                "reason": _reason(e),
+                "metrics": e.metrics if e.type == "metrics" else _context(e),
                 "device_time": e.at,
             }
         )

@@ -60,6 +60,14 @@ class Event(_In):
     metrics: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]{1,64}$")], float] | None = Field(
         None, max_length=32
     )
+    # What an agent adds to say more about an install; kept with the event (see `fleet.apply_events`).
+    detail: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        None, description="the human message behind `reason`"
+    )
+    source: Literal["delta", "full"] | None = Field(None, description="how the model was fetched")
+    state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] | None = None
+    bytes: Annotated[int, Field(ge=0, le=2**53)] | None = None
+    from_version: Annotated[int, Field(ge=0, le=MAX_INT)] | None = None
 
     @field_validator("metrics")
     @classmethod

@@ -114,6 +114,31 @@ def test_failure_and_rollback_keep_the_running_version(env: Env, client: TestCli
     assert (d["status"], d["installed_version"]) == ("rolled_back", 1)
 
 
+def test_the_agents_extra_facts_are_kept_with_the_event(client: TestClient) -> None:
+    """What the device agent sends beside reason: the human detail, and how it fetched the model."""
+    token = enroll(client, "cam-1")
+    r = events(
+        client,
+        token,
+        {
+            "type": "downloading",
+            "version": 2,
+            "source": "delta",
+            "bytes": 10453,
+            "from_version": 1,
+            "state": "downloading",
+        },
+        {"type": "failed", "version": 2, "reason": "hash_mismatch", "detail": "payload sha256 differs " + "x" * 600},
+    )
+    assert r.status_code == 200 and r.json()["recorded"] == 2
+    d = client.get("/v1/devices/cam-1", headers=ADMIN).json()
+    failed, downloading = d["recent_events"][:2]
+    assert failed["reason"].startswith("hash_mismatch: payload sha256 differs") and len(failed["reason"]) == 500
+    assert downloading["metrics"] == {"source": "delta", "bytes": 10453, "from_version": 1, "state": "downloading"}
+    bad = events(client, token, {"type": "downloading", "version": 2, "source": "carrier pigeon"})
+    assert_problem(bad, 422)
+
+
 def test_events_also_accept_an_events_envelope(client: TestClient) -> None:
     token = enroll(client, "cam-1")
     r = client.post("/v1/device/events", json={"events": [{"type": "checking"}]}, headers=bearer(token))
