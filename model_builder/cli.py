@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_builder.commands.describe",
     "model_builder.commands.dataset",
     "model_builder.commands.train",
+    "model_builder.commands.compress",
     "model_builder.commands.export",
     "model_builder.commands.package",
     "model_builder.commands.pipeline",

@@ -1,0 +1,117 @@
+"""`model-builder compress RUN --out RUN2`: Deep Compression (prune, share, fine-tune) or int8, as a new run.
+
+Library errors become one-line ``CommandError`` messages here, at the command boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from typing import Any
+
+from model_builder.cli import CommandError
+from model_builder.compress.config import METHODS, CompressConfig, CompressError
+from model_builder.compress.pipeline import compress_run
+from model_builder.compress.quantize import ACTIVATION_TYPES
+from model_builder.data import DataWarning
+
+
+def register(subparsers: Any) -> None:
+    d = CompressConfig(run="", out="")
+    p = subparsers.add_parser(
+        "compress",
+        help="prune, share weights (k-means) or quantize (int8) a run into a new run",
+        description="Write a compressed copy of RUN to --out: best.pt (decoded weights, same checkpoint format), "
+        "model.onnx (the deployable model: index tensors ONNX Runtime folds at load, or int8 QDQ), "
+        "compression.json (the report). `model-builder package OUT ...` then ships model.onnx.",
+    )
+    p.add_argument("run", help="training run directory (or its best.pt)")
+    p.add_argument("--out", required=True, help="new run directory")
+    p.add_argument("--method", choices=METHODS, default=d.method, help=f"default {d.method}")
+    p.add_argument(
+        "--density",
+        type=float,
+        help="fraction of conv weights kept, in (0, 1] (default 0.33 for kmeans, 1 = no pruning for int8)",
+    )
+    p.add_argument(
+        "--bits",
+        type=int,
+        help="kmeans: bits per shared weight, 2-8 (2^bits values per layer, 0 included); required unless --init-from",
+    )
+    p.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=d.finetune_epochs,
+        help=f"N: 3N masked fine-tuning epochs (pruning in the first N), N for codebooks (default {d.finetune_epochs})",
+    )
+    p.add_argument(
+        "--prune-steps",
+        type=int,
+        default=d.prune_steps,
+        help=f"pruning rounds on a geometric schedule, in the first third (default {d.prune_steps})",
+    )
+    p.add_argument("--data", help="training images (default: the parent run's data and split)")
+    p.add_argument(
+        "--init-from",
+        metavar="RUN_COMPRESSED",
+        help="start from this compressed run's masks and codebooks (small deltas for a fine-tuned child)",
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"masked fine-tuning learning rate (default {d.lr:g})")
+    p.add_argument(
+        "--codebook-lr",
+        type=float,
+        default=d.codebook_lr,
+        help=f"centroid fine-tuning learning rate (default {d.codebook_lr:g})",
+    )
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument(
+        "--calibration-images",
+        type=int,
+        default=d.calibration_images,
+        help=f"int8: training images for activation ranges (default {d.calibration_images})",
+    )
+    p.add_argument(
+        "--activations",
+        choices=ACTIVATION_TYPES,
+        default=d.activations,
+        help=f"int8: activation type (default {d.activations})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = CompressConfig(
+        run=args.run,
+        out=args.out,
+        method=args.method,
+        density=args.density,
+        bits=args.bits,
+        finetune_epochs=args.finetune_epochs,
+        prune_steps=args.prune_steps,
+        data=args.data,
+        init_from=args.init_from,
+        lr=args.lr,
+        codebook_lr=args.codebook_lr,
+        batch_size=args.batch_size,
+        calibration_images=args.calibration_images,
+        activations=args.activations,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.no_progress,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DataWarning)
+            result = compress_run(cfg, log=lambda line: print(line, flush=True))
+    except CompressError as e:
+        raise CommandError(str(e)) from e
+    print()
+    print(result.summary)
+    print(
+        f"\nwrote {result.out}/best.pt, model.onnx, compression.json; ship it with: model-builder package "
+        f"{result.out} --name NAME --version N --key KEY --out FILE"
+    )
+    return 0

@@ -1,0 +1,129 @@
+"""Fine-tuning stages (gradual pruning, codebooks) and ONNX Runtime evaluation.
+
+A stage is a fresh AdamW with a brief linear warm-up and a cosine decay to zero over the stage: a
+pruned or freshly shared network starts far from where its optimizer state was, so reusing the
+training run's moments would push it with stale directions. ``on_step`` lets the pruner tighten the
+masks between optimizer steps (see :class:`model_builder.compress.prune.GradualPruner`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from model_builder.data import ImageSet, batches
+from model_builder.train import evaluate
+
+Log = Callable[[str], None]
+
+
+def finetune(
+    model: nn.Module,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str,
+    log: Log,
+    progress: bool,
+    keep_best: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[float, float]:
+    """Train every parameter that requires grad for ``epochs``; returns (val loss, val accuracy).
+
+    ``keep_best`` restores the epoch with the best validation accuracy (epoch 0, the state before
+    this stage, included), as training does for its checkpoint. ``on_step(k)`` runs before the first
+    step (k = 0) and after every optimizer step k.
+    """
+    device = torch.device("cpu")
+    loss, acc = evaluate(model, val_set, batch_size, device)
+    if epochs < 1:
+        return loss, acc
+    best = (acc, -loss, {k: v.detach().clone() for k, v in model.state_dict().items()}) if keep_best else None
+    model.to(memory_format=torch.channels_last)  # 1.4-1.8x faster masked/shared training on CPU (measured)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = epochs * math.ceil(len(train_set) / batch_size)
+    warmup = max(1, min(20, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    )
+    step = 0
+    if on_step is not None:
+        on_step(0)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_sum = 0.0
+        with tqdm(
+            total=len(train_set),
+            desc=f"{desc} {epoch}/{epochs}",
+            unit="img",
+            file=sys.stderr,
+            leave=False,
+            disable=not progress,
+        ) as bar:
+            for x, y in batches(train_set, batch_size, generator, train=True):
+                batch_loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step)
+                loss_sum += float(batch_loss.detach()) * len(y)
+                bar.update(len(y))
+                bar.set_postfix(loss=f"{float(batch_loss.detach()):.3f}", refresh=False)
+        train_loss = loss_sum / len(train_set)
+        loss, acc = evaluate(model, val_set, batch_size, device)
+        log(
+            f"  {desc} epoch {epoch}/{epochs}: train loss {train_loss:.4f}, val loss {loss:.4f}, val accuracy {acc:.2%}"
+        )
+        if best is not None and (acc, -loss) > best[:2]:
+            best = (acc, -loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+    if best is not None and (best[0], best[1]) != (acc, -loss):
+        model.load_state_dict(best[2])
+        acc, loss = best[0], -best[1]
+        log(f"  {desc}: kept the best epoch, val accuracy {acc:.2%}")
+    return loss, acc
+
+
+def session(onnx_bytes: bytes, threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def evaluate_onnx(onnx_bytes: bytes, data: ImageSet, batch_size: int = 64) -> tuple[float, float, np.ndarray]:
+    """(val loss, val accuracy, logits) of the model as ONNX Runtime runs it: what the device will see."""
+    sess = session(onnx_bytes)
+    name = sess.get_inputs()[0].name
+    logits: list[np.ndarray] = []
+    for x, _y in batches(data, batch_size):
+        logits.append(np.asarray(sess.run(None, {name: x.numpy()})[0]))
+    out = np.concatenate(logits)  # (N, K)
+    loss = float(F.cross_entropy(torch.from_numpy(out), data.targets))
+    acc = float((out.argmax(1) == data.targets.numpy()).mean())
+    return loss, acc, out
+
+
+def calibration_images(data: ImageSet, count: int, seed: int) -> np.ndarray:
+    """``count`` training images drawn without replacement (seeded), normalised float32 NCHW."""
+    from model_builder.data import normalize
+
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(data), generator=g)[: min(count, len(data))]
+    return normalize(data.images[pick]).numpy().astype(np.float32)

@@ -1,0 +1,100 @@
+"""The two training stages of Deep Compression: pruning with masked fine-tuning, and weight sharing with centroid
+fine-tuning."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from model_builder.compress import prune, share
+from model_builder.compress.config import CompressConfig, CompressError
+from model_builder.compress.finetune import finetune
+from model_builder.data import ImageSet
+from model_builder.train import evaluate
+
+
+@dataclass
+class Stage:
+    """What every fine-tuning stage shares: the data, the seeded generator, the batch size, the log."""
+
+    train_set: ImageSet
+    val_set: ImageSet
+    generator: torch.Generator
+    cfg: CompressConfig
+    log: Callable[[str], None]
+
+    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
+        return evaluate(model, self.val_set, self.cfg.batch_size, torch.device("cpu"))
+
+    def finetune(
+        self,
+        model: torch.nn.Module,
+        epochs: int,
+        lr: float,
+        weight_decay: float,
+        desc: str,
+        keep_best: bool = False,
+        on_step: Callable[[int], None] | None = None,
+    ) -> tuple[float, float]:
+        return finetune(
+            model, self.train_set, self.val_set, epochs=epochs, lr=lr, weight_decay=weight_decay,
+            batch_size=self.cfg.batch_size, generator=self.generator, desc=desc, log=self.log,
+            progress=self.cfg.progress, keep_best=keep_best, on_step=on_step,
+        )  # fmt: skip
+
+
+def prune_stage(
+    model: torch.nn.Module, density: float, st: Stage, acc: dict[str, float]
+) -> dict[str, torch.Tensor] | None:
+    """Per-layer magnitude pruning, then 3 × finetune_epochs of masked training; returns the masks."""
+    if density >= 1.0:
+        return None
+    start = prune.model_density(model)
+    previous = prune.current_masks(model) if start < 1.0 else None
+    if start <= density + 1e-3:  # per-layer rounding leaves a pruned parent a hair above its target
+        st.log(f"the parent is already at density {start:.1%}: keeping its zeros, no pruning")
+        return previous
+    oneshot = copy.deepcopy(model)
+    prune.attach_masks(oneshot, prune.magnitude_masks(oneshot, density, previous))
+    acc["pruned_no_finetune"] = st.evaluate(oneshot)[1]
+    st.log(f"pruned to {density:.0%} at once, no fine-tuning: val accuracy {acc['pruned_no_finetune']:.2%}")
+    epochs = 3 * st.cfg.finetune_epochs
+    steps = epochs * math.ceil(len(st.train_set) / st.cfg.batch_size)
+    pruner = prune.GradualPruner(model, density, st.cfg.prune_steps, steps, previous)
+    st.log(
+        f"pruning {start:.0%} -> {density:.0%} in {pruner.rounds} round(s) within the first third of {epochs} "
+        "epochs of masked fine-tuning"
+    )
+    acc["pruned"] = st.finetune(model, epochs, st.cfg.lr, 1e-4, "masked fine-tune", on_step=pruner)[1]
+    masks = pruner.masks()
+    prune.detach(model)
+    st.log(f"pruned to {prune.model_density(model):.1%}: val accuracy {acc['pruned']:.2%}")
+    return masks
+
+
+def share_stage(
+    model: torch.nn.Module,
+    masks: dict[str, torch.Tensor] | None,
+    bits: int,
+    init: dict[str, share.LayerCode] | None,
+    st: Stage,
+    acc: dict[str, float],
+) -> tuple[dict[str, share.LayerCode], float]:
+    """k-means sharing and centroid fine-tuning; leaves ``model`` holding exactly ``codebook[index]``."""
+    codes = share.share_weights(model, masks, bits, init)
+    share.attach_codes(model, codes)
+    acc["shared_no_finetune"] = st.evaluate(model)[1]
+    st.log(f"k-means, {bits} bits per layer: val accuracy {acc['shared_no_finetune']:.2%} before centroid fine-tuning")
+    val_loss, acc["final"] = st.finetune(
+        model, st.cfg.finetune_epochs, st.cfg.codebook_lr, 0.0, "centroid fine-tune", keep_best=True
+    )
+    codes = share.read_codes(model, codes)
+    prune.detach(model)
+    for name, conv in prune.conv_layers(model).items():
+        if not torch.equal(conv.weight.detach(), codes[name].decode()):
+            raise CompressError(f"internal: {name} does not equal codebook[index] after sharing")
+    return codes, val_loss
