@@ -138,7 +138,7 @@ class PredictLoad(threading.Thread):
 def main() -> int:
     work = Path(os.environ.get("DEMO_DIR", ROOT / "demo-data")).resolve()
     fleet_size = env_int("DEMO_FLEET", 50)
-    epochs, ft_epochs = env_int("DEMO_EPOCHS", 12), env_int("DEMO_FT_EPOCHS", 2)
+    epochs, ft_epochs = env_int("DEMO_EPOCHS", 30), env_int("DEMO_FT_EPOCHS", 2)
     exit_after = os.environ.get("DEMO_EXIT") == "1"
     if work.exists():
         shutil.rmtree(work)
