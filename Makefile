@@ -40,6 +40,7 @@ bench: venv bench-deps
 	$(BIN)/python bench/compression.py
 	$(BIN)/python bench/poll.py
 	$(BIN)/python bench/hotswap.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data demo-data
