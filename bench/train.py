@@ -13,16 +13,22 @@ Prints tables and one verdict line per goal. Timings on a shared machine vary; r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._report import write_section
 from model_builder.data import load_datasets, make_shapes_dataset, normalize
 from model_builder.export import export_model
 from model_builder.squeezenet import SqueezeNet, squeezenet1_1
@@ -94,6 +100,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, help="shapes dataset (default: generate the default one)")
     ap.add_argument("--epochs", type=int, default=TrainConfig("", "").epochs)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         work = Path(tmp)
@@ -165,5 +172,24 @@ def main() -> int:
     return 0
 
 
+class _Tee(io.TextIOBase):
+    """Stdout that is also kept, so the printed tables become the docs/benchmarks.md section."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.buffer = stream, io.StringIO()
+
+    def write(self, text: str) -> int:
+        self.buffer.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    tee = _Tee(sys.stdout)
+    with contextlib.redirect_stdout(tee):
+        code = main()
+    if "--no-write" not in sys.argv:
+        write_section("train", "```\n" + tee.buffer.getvalue().strip() + "\n```")
+    sys.exit(code)
