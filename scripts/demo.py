@@ -288,7 +288,7 @@ def _summary(
     lines += [
         f"predict load    {load.ok:,} requests answered, failed requests = {load.failed}, "
         f"versions seen {sorted(load.versions)}",
-        f"server          {url}   (dashboard and API docs at {url}/docs)",
+        f"server          {url}   (API docs at {url}/docs)",
         f"total time      {elapsed:.0f} s",
     ]
     fleet_ok = bool(report.get("ok", True)) if report else False
