@@ -45,12 +45,14 @@ def test_corrupted_active_model_rolls_back_to_the_other_slot(
     bad = slots.active()
     _flip_byte(root / f"{bad}.onnx")
 
+    server.target = 1  # hold v2 back, so the fallback is observable and not healed at once
     again = run_agent()
-    assert again.version == 1  # serving the fallback before the server is even asked
+    assert again.version == 1  # serving the fallback
     assert slots.active() != bad
     rolled = wait_until(lambda: server.events_of("rolled_back"), what="rolled_back event")
     assert rolled[0]["version"] == 1 and rolled[0]["from_version"] == 2 and rolled[0]["reason"] == "hash_mismatch"
-    again.wait_version(2)  # and it heals: the server still offers v2, into the now inactive slot
+    server.target = 2
+    again.wait_version(2)  # and it heals: the server offers v2 again, into the now inactive slot
 
 
 def test_tampered_manifest_in_active_slot_rolls_back(
