@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._loadgen import cpu_seconds, run_load, uvicorn_process  # noqa: E402 - after the path setup
+from tests.server.helpers import private_pg_schema  # noqa: E402
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
 
@@ -73,21 +72,11 @@ def bare_app() -> Any:
 
 @contextmanager
 def database(kind: str, workdir: Path) -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
     if kind == "sqlite":
         yield f"sqlite:///{workdir / 'bench.db'}"
         return
-    schema = f"ota_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with private_pg_schema("ota_bench") as url:
+        yield url
 
 
 def enroll_devices(url: str, count: int, *, start: int = 0) -> list[str]:

@@ -37,8 +37,8 @@ from server import Settings, create_app, upgrade
 from server.models import Base
 
 from . import helpers
+from .helpers import private_pg_schema
 
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENROLLMENT_SECRET = "test-enrollment-secret-0123456789"
 BACKENDS = ["sqlite-file", "postgresql-s3", "postgresql-file", "sqlite-s3"]
@@ -72,18 +72,9 @@ def pg_url() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message + " — CI requires it", pytrace=False)
         pytest.skip(message)
-    schema = f"ota_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    try:
+    with private_pg_schema(f"ota_test_{os.getpid()}") as url:
         upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 def _truncate_pg(url: str) -> None:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +15,14 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
 
 import artifact as A
 from server.migrate import alembic_config, upgrade
 from server.models import Base
 
 from . import helpers
-from .conftest import PG_SERVER, free_port
+from .conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OTA_SERVER = [sys.executable, "-m", "server"]
@@ -36,16 +35,8 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     request.getfixturevalue("pg_url")  # skip or fail exactly like the rest of the suite
-    schema = f"ota_mig_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_SERVER, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_SERVER}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with helpers.private_pg_schema("ota_mig") as url:
+        yield url
 
 
 def test_migrations_produce_exactly_the_models(empty_db: str) -> None:
