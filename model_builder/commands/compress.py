@@ -50,6 +50,13 @@ def register(subparsers: Any) -> None:
         default=d.prune_steps,
         help=f"pruning rounds on a geometric schedule, in the first third (default {d.prune_steps})",
     )
+    p.add_argument(
+        "--rate-weight",
+        type=float,
+        default=d.rate_weight,
+        help="kmeans: weight of the index entropy in the assignment (entropy-constrained k-means; "
+        f"0 = plain k-means as in Deep Compression; default {d.rate_weight:g})",
+    )
     p.add_argument("--data", help="training images (default: the parent run's data and split)")
     p.add_argument(
         "--init-from",
@@ -91,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         bits=args.bits,
         finetune_epochs=args.finetune_epochs,
         prune_steps=args.prune_steps,
+        rate_weight=args.rate_weight,
         data=args.data,
         init_from=args.init_from,
         lr=args.lr,

@@ -85,13 +85,19 @@ def share_stage(
     acc: dict[str, float],
 ) -> tuple[dict[str, share.LayerCode], float]:
     """k-means sharing and centroid fine-tuning; leaves ``model`` holding exactly ``codebook[index]``."""
-    codes = share.share_weights(model, masks, bits, init)
+    codes = share.share_weights(model, masks, bits, init, st.cfg.rate_weight)
     share.attach_codes(model, codes)
     acc["shared_no_finetune"] = st.evaluate(model)[1]
-    st.log(f"k-means, {bits} bits per layer: val accuracy {acc['shared_no_finetune']:.2%} before centroid fine-tuning")
+    how = "entropy-constrained " if any(c.rate_penalty > 0 for c in codes.values()) else ""
+    st.log(
+        f"{how}k-means, {bits} bits per layer: val accuracy {acc['shared_no_finetune']:.2%} before centroid fine-tuning"
+    )
     val_loss, acc["final"] = st.finetune(
         model, st.cfg.finetune_epochs, st.cfg.codebook_lr, 0.0, "centroid fine-tune", keep_best=True
     )
+    share.round_to_half(model)
+    val_loss, acc["final"] = st.evaluate(model)
+    st.log(f"codebooks and biases rounded to float16 (as they travel): val accuracy {acc['final']:.2%}")
     codes = share.read_codes(model, codes)
     prune.detach(model)
     for name, conv in prune.conv_layers(model).items():

@@ -19,15 +19,21 @@ from model_builder.cli import main
 from model_builder.compress import (
     CompressConfig,
     CompressResult,
+    LayerCode,
     compress_run,
     conv_layers,
     decoded_weights,
     geometric_schedule,
     kmeans_1d,
     magnitude_masks,
+    prune,
+    share,
     share_weights,
 )
+from model_builder.compress.encode import encode_onnx
+from model_builder.compress.share import round_to_half, share_layer
 from model_builder.data import load_datasets, normalize
+from model_builder.export import export_bytes
 from model_builder.squeezenet import squeezenet1_1
 from model_builder.train import TrainConfig, TrainResult, load_checkpoint, model_from_checkpoint, train
 
@@ -216,6 +222,8 @@ def _fails_in_one_line(capsys: pytest.CaptureFixture[str], argv: list[str], expe
         ([], "--method kmeans needs --bits"),
         (["--method", "int8", "--bits", "6"], "int8 quantizes to 8 bits"),
         (["--bits", "6", "--finetune-epochs", "-1"], "--finetune-epochs must be >= 0"),
+        (["--bits", "6", "--rate-weight", "-0.1"], "--rate-weight must lie in [0, 10]"),
+        (["--bits", "6", "--rate-weight", "nan"], "--rate-weight must lie in [0, 10]"),
     ],
 )
 def test_nonsense_arguments_are_refused_in_one_line(
@@ -265,3 +273,62 @@ def test_weight_sharing_keeps_zero_exact_and_uses_linear_initialisation() -> Non
     values = torch.tensor([0.0, 0.1, 0.2, 0.9, 1.0])
     centroids, labels = kmeans_1d(values, torch.tensor([1.0, 0.0]))  # caller's order is kept
     assert centroids.tolist() == pytest.approx([0.95, 0.1]) and labels.tolist() == [1, 1, 1, 0, 0]
+
+
+def _index_entropy_bits(codes: dict[str, LayerCode]) -> float:
+    total = 0.0
+    for code in codes.values():
+        kept = code.index[code.index != 0].long()
+        p = torch.bincount(kept).double()
+        p = p[p > 0] / len(kept)
+        total += float(-(p * torch.log2(p)).sum()) * len(kept)
+    return total
+
+
+def test_entropy_constrained_sharing_sends_fewer_bits_with_at_most_2_to_the_bits_values() -> None:
+    torch.manual_seed(0)
+    model = squeezenet1_1(num_classes=10)
+    masks = magnitude_masks(model, 0.33)
+    plain = share_weights(model, masks, bits=6, rate_weight=0.0)
+    constrained = share_weights(model, masks, bits=6, rate_weight=0.3)
+    assert _index_entropy_bits(constrained) < 0.95 * _index_entropy_bits(plain)  # 0.93 on these uniform weights
+    error = {"plain": 0.0, "constrained": 0.0}
+    for name, conv in conv_layers(model).items():
+        for label, codes in (("plain", plain), ("constrained", constrained)):
+            decoded = codes[name].decode()
+            assert torch.equal(decoded == 0, ~masks[name]) and decoded.unique().numel() <= 2**6, name
+            error[label] += float(((decoded - conv.weight.detach()) ** 2).sum())
+    assert error["plain"] < error["constrained"] < 10 * error["plain"]  # bits traded for a bounded error
+    # A child whose weights did not move is assigned exactly as its parent (nothing for a delta to send).
+    for name, code in constrained.items():
+        assert code.rate_penalty > 0
+        again = share_layer(code.decode(), masks[name], 6, init=code)
+        assert torch.equal(again.index, code.index) and torch.equal(again.codebook, code.codebook), name
+        restored = LayerCode.from_state(code.to_state())
+        assert restored.rate_penalty == code.rate_penalty
+
+
+def test_codebooks_and_biases_travel_in_half_precision_and_decode_exactly() -> None:
+    torch.manual_seed(0)
+    model = squeezenet1_1(num_classes=10).eval()
+    with torch.no_grad():
+        for conv in conv_layers(model).values():
+            conv.bias.uniform_(-0.1, 0.1)
+    codes = share_weights(model, magnitude_masks(model, 0.33), bits=4)
+    share.attach_codes(model, codes)
+    round_to_half(model)
+    codes = share.read_codes(model, codes)
+    prune.detach(model)
+    odd = "features.0.bias"
+    with torch.no_grad():  # one bias that float16 cannot hold exactly stays float32
+        conv_layers(model)["features.0.weight"].bias[0] = 0.1 + 1e-6
+    encoded = onnx.load_model_from_string(encode_onnx(export_bytes(model, 64), codes))
+    kinds = {t.name: t.data_type for t in encoded.graph.initializer}
+    assert kinds["features.3.squeeze.bias.half"] == onnx.TensorProto.FLOAT16
+    assert kinds["features.3.squeeze.weight.codebook"] == onnx.TensorProto.FLOAT16
+    assert kinds[odd] == onnx.TensorProto.FLOAT and f"{odd}.half" not in kinds
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(encoded.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"input": x})[0] - expected).max() <= 1e-4
