@@ -105,6 +105,13 @@ def _onnx_row(
     return Row(network, compression, weights, bits, density, len(A.encode_payload(onnx_bytes)), accuracy, latency)
 
 
+def _run_row(compression: str, run: Path, report: dict[str, Any], weights: int, bits: int) -> Row:
+    """The row of a compressed SqueezeNet 1.1 run directory, from its model.onnx and its report."""
+    onnx_bytes = (run / "model.onnx").read_bytes()
+    achieved, accuracy = report["achieved"]["density"], report["accuracy"]["final"]
+    return _onnx_row("SqueezeNet 1.1", compression, onnx_bytes, weights, bits, achieved, accuracy, 64)
+
+
 def _export(model: torch.nn.Module, size: int, work: Path, name: str) -> bytes:
     path = work / f"{name}.onnx"
     export_model(model, path, size)  # type: ignore[arg-type]
@@ -230,16 +237,8 @@ def main() -> int:
 
         out, rep, _s = _compress(work, p11, "int8", args.threads, method="int8")
         int8_onnx = (out / "model.onnx").read_bytes()
-        int8_row = _onnx_row(
-            "SqueezeNet 1.1",
-            "int8 (ORT static QDQ, per channel, 7-bit weights; uint8 activations)",
-            int8_onnx,
-            weights11,
-            8,
-            rep["achieved"]["density"],
-            rep["accuracy"]["final"],
-            64,
-        )
+        label = "int8 (ORT static QDQ, per channel, 7-bit weights; uint8 activations)"
+        int8_row = _run_row(label, out, rep, weights11, 8)
         rows.append(int8_row)
         calib = calibration_images(train_set, CompressConfig.calibration_images, 0)
         full8 = quantize_int8(fp32["squeezenet1_1"][0], calib, progress=False, reduce_range=False)
@@ -256,70 +255,18 @@ def main() -> int:
             )
         )
         out, rep, _s = _compress(work, p11, "int8-s8", args.threads, method="int8", activations="int8")
-        rows.append(
-            _onnx_row(
-                "SqueezeNet 1.1",
-                "int8 with int8 activations (S8S8, the first design)",
-                (out / "model.onnx").read_bytes(),
-                weights11,
-                8,
-                rep["achieved"]["density"],
-                rep["accuracy"]["final"],
-                64,
-            )
-        )
+        rows.append(_run_row("int8 with int8 activations (S8S8, the first design)", out, rep, weights11, 8))
         at64 = side_by_side(fp32["squeezenet1_1"][0], int8_onnx, 64)
         at224 = _latency_224(p11, train_set, work)
         pruned, rep, _s = _compress(work, p11, "pruned-int8", args.threads, method="int8", density=0.33)
-        rows.append(
-            _onnx_row(
-                "SqueezeNet 1.1",
-                "pruned + int8 (QDQ)",
-                (pruned / "model.onnx").read_bytes(),
-                weights11,
-                8,
-                rep["achieved"]["density"],
-                rep["accuracy"]["final"],
-                64,
-            )
-        )
+        rows.append(_run_row("pruned + int8 (QDQ)", pruned, rep, weights11, 8))
         out, rep, _s = _compress(work, pruned, "pruned-8bit", args.threads, bits=8)
-        rows.append(
-            _onnx_row(
-                "SqueezeNet 1.1",
-                "pruned + 8-bit (Deep Compression)",
-                (out / "model.onnx").read_bytes(),
-                weights11,
-                8,
-                rep["achieved"]["density"],
-                rep["accuracy"]["final"],
-                64,
-            )
-        )
+        rows.append(_run_row("pruned + 8-bit (Deep Compression)", out, rep, weights11, 8))
         out, rep, _s = _compress(work, pruned, "pruned-6bit-plain", args.threads, bits=6, rate_weight=0.0)
-        rows.append(
-            _onnx_row(
-                "SqueezeNet 1.1",
-                "pruned + 6-bit, plain k-means (Deep Compression as published)",
-                (out / "model.onnx").read_bytes(),
-                weights11,
-                6,
-                rep["achieved"]["density"],
-                rep["accuracy"]["final"],
-                64,
-            )
-        )
+        rows.append(_run_row("pruned + 6-bit, plain k-means (Deep Compression as published)", out, rep, weights11, 6))
         demo, demo_rep, demo_s = _compress(work, p11, "pruned-6bit", args.threads, bits=6, density=0.33)
-        demo_row = _onnx_row(
-            "SqueezeNet 1.1",
-            f"pruned + 6-bit, entropy-constrained k-means (rate weight {CompressConfig.rate_weight:g}) — the demo",
-            (demo / "model.onnx").read_bytes(),
-            weights11,
-            6,
-            demo_rep["achieved"]["density"],
-            demo_rep["accuracy"]["final"],
-            64,
-        )
+        label = f"pruned + 6-bit, entropy-constrained k-means (rate weight {CompressConfig.rate_weight:g}) — the demo"
+        demo_row = _run_row(label, demo, demo_rep, weights11, 6)
         rows.append(demo_row)
 
         log("delta: fine-tune the 6-bit v1 one epoch at lr 1e-4, compress again from v1's masks and codebooks")
