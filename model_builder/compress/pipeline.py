@@ -222,7 +222,6 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     }
     if codes is not None:
         comp["rate_weight"] = cfg.rate_weight if init_codes is None else None  # None: the parent's assignment
-    if codes is not None:
         comp["layers"] = {name: code.to_state() for name, code in codes.items()}
     elif masks is not None:
         comp["masks"] = {name: m.clone() for name, m in masks.items()}

@@ -92,10 +92,8 @@ def share_stage(
     st.log(
         f"{how}k-means, {bits} bits per layer: val accuracy {acc['shared_no_finetune']:.2%} before centroid fine-tuning"
     )
-    val_loss, acc["final"] = st.finetune(
-        model, st.cfg.finetune_epochs, st.cfg.codebook_lr, 0.0, "centroid fine-tune", keep_best=True
-    )
-    share.round_to_half(model)
+    st.finetune(model, st.cfg.finetune_epochs, st.cfg.codebook_lr, 0.0, "centroid fine-tune", keep_best=True)
+    share.round_to_half(model)  # what travels; the accuracy that counts is measured after it
     val_loss, acc["final"] = st.evaluate(model)
     st.log(f"codebooks and biases rounded to float16 (as they travel): val accuracy {acc['final']:.2%}")
     codes = share.read_codes(model, codes)
