@@ -16,13 +16,11 @@ on CPU with the same thread count two runs give bit-identical weights.
 
 from __future__ import annotations
 
-import functools
+import io
 import json
 import math
-import os
 import pickle
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +35,7 @@ from tqdm import tqdm
 
 from model_builder.data import MEAN, STD, ImageSet, batches, load_datasets
 from model_builder.errors import TrainError
+from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import SqueezeNet, SqueezeNetConfig, count_parameters
 
 CHECKPOINT_FORMAT = "model_builder.checkpoint/1"
@@ -224,18 +223,6 @@ def train_one_epoch(
     return loss_sum / len(data), correct / len(data)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Write to a temp file beside ``path``, then rename: a crash never leaves a half checkpoint."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _save_samples(run_dir: Path, val: ImageSet) -> None:
     """Keep a few validation images, one class after another, for export checks and golden sets."""
     per_class = [torch.nonzero(val.targets == c).flatten().tolist() for c in range(len(val.labels))]
@@ -245,15 +232,9 @@ def _save_samples(run_dir: Path, val: ImageSet) -> None:
             if idx and len(picks) < N_SAMPLES:
                 picks.append(idx.pop(0))
     images = val.images[picks].permute(0, 2, 3, 1).contiguous().numpy()  # (n, S, S, 3) uint8
-    _atomic_write(
-        run_dir / "samples.npz",
-        lambda p: np.savez(
-            p.open("wb"),
-            images=images,
-            targets=val.targets[picks].numpy(),
-            paths=np.array([val.paths[i] for i in picks]),
-        ),
-    )
+    buf = io.BytesIO()
+    np.savez(buf, images=images, targets=val.targets[picks].numpy(), paths=np.array([val.paths[i] for i in picks]))
+    write_atomic(run_dir / "samples.npz", buf.getvalue())
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -382,7 +363,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
                 "train": asdict(cfg),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             }
-            _atomic_write(run_dir / "best.pt", functools.partial(torch.save, ckpt))
+            buf = io.BytesIO()
+            torch.save(ckpt, buf)
+            write_atomic(run_dir / "best.pt", buf.getvalue())
     seconds = time.perf_counter() - started
     meta = {
         "format": CHECKPOINT_FORMAT,
@@ -406,7 +389,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         "parent": parent.source if parent else None,
     }
     text = json.dumps(meta, indent=2) + "\n"
-    _atomic_write(run_dir / "run.json", lambda p: p.write_text(text))
+    write_atomic(run_dir / "run.json", text.encode())
     return TrainResult(
         run_dir, int(best["epoch"]), best["val_accuracy"], best["val_loss"], params, seconds, history, notes
     )

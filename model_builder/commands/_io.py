@@ -1,9 +1,7 @@
-"""File helpers shared by the commands: clear errors for missing inputs, atomic outputs."""
+"""File helpers shared by the commands: clear errors for missing inputs (outputs: ``fsutil.write_atomic``)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from model_builder.cli import CommandError
@@ -18,19 +16,3 @@ def read_input(path: Path, what: str) -> bytes:
         raise CommandError(f"{what} {path} is a directory, not a file") from e
     except OSError as e:
         raise CommandError(f"cannot read {what} {path}: {e.strerror}") from e
-
-
-def write_output(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write atomically (temp file in the same directory, fsync, rename): a crash leaves no half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from artifact import apply_delta, make_delta, read_delta_header
+from model_builder.fsutil import write_atomic
 
-from ._io import read_input, write_output
+from ._io import read_input
 
 
 def _make(args: argparse.Namespace) -> int:
@@ -16,7 +17,7 @@ def _make(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     delta = make_delta(old, new)
     elapsed = time.perf_counter() - start
-    write_output(args.out, delta)
+    write_atomic(args.out, delta)
     print(
         f"delta {args.out}: {len(delta):,} bytes for a {len(new):,}-byte model "
         f"({len(delta) / max(len(new), 1):.1%}), made in {elapsed:.2f} s"
@@ -28,7 +29,7 @@ def _apply(args: argparse.Namespace) -> int:
     old, delta = read_input(args.old, "base model"), read_input(args.delta, "delta")
     info = read_delta_header(delta)
     new = apply_delta(old, delta)
-    write_output(args.out, new)
+    write_atomic(args.out, new)
     print(f"rebuilt {args.out}: {len(new):,} bytes, sha256 {info.result_sha256}")
     return 0
 

@@ -11,9 +11,8 @@ import numpy as np
 
 from artifact import load_private_key
 from model_builder.cli import CommandError
+from model_builder.fsutil import write_atomic
 from model_builder.package import PackageError, build_artifact
-
-from ._io import write_output
 
 
 def package_run(
@@ -81,7 +80,7 @@ def package_run(
         )
     except PackageError as e:
         raise CommandError(str(e)) from e
-    write_output(out, data)
+    write_atomic(out, data)
     return out, len(data)
 
 

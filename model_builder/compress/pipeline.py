@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -42,6 +41,7 @@ from model_builder.compress.report import format_report, layer_stats, ort_timing
 from model_builder.compress.stages import Stage, prune_stage, share_stage
 from model_builder.data import DataError, ImageSet, load_datasets, normalize
 from model_builder.export import ExportError, compare, export_model
+from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import count_parameters
 from model_builder.train import CHECKPOINT_FORMAT, TrainError, load_checkpoint, model_from_checkpoint
 
@@ -90,18 +90,6 @@ def _datasets(cfg: CompressConfig, ckpt: dict[str, Any]) -> tuple[ImageSet, Imag
     if train_set.labels != list(ckpt["labels"]):
         raise CompressError(f"the data's classes {train_set.labels} differ from the model's {ckpt['labels']}")
     return train_set, val_set
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _export_bytes(model: torch.nn.Module, size: int, metadata: dict[str, str]) -> bytes:
@@ -200,7 +188,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     phases["share_s" if cfg.method == "kmeans" else "quantize_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    _write_atomic(out / "model.onnx", onnx_bytes)
+    write_atomic(out / "model.onnx", onnx_bytes)
     if cfg.method == "kmeans":
         inputs = normalize(val_set.images[:64]).numpy().astype(np.float32)
         try:
@@ -250,10 +238,10 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     }
     buf = io.BytesIO()
     torch.save(new_ckpt, buf)
-    _write_atomic(out / "best.pt", buf.getvalue())
+    write_atomic(out / "best.pt", buf.getvalue())
     if (parent_dir / "samples.npz").is_file():
         shutil.copyfile(parent_dir / "samples.npz", out / "samples.npz")
-    _write_atomic(out / "compression.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_atomic(out / "compression.json", (json.dumps(report, indent=2) + "\n").encode())
     return CompressResult(out, report, format_report(report))
 
 
