@@ -3,6 +3,7 @@
 The resize rule is the builder's (`model_builder.data.preprocess_image`, which the agent may not
 import): the shorter side is scaled to `size` with bilinear filtering, then the centre is cropped.
 An image that already is `size`×`size` is not touched, so golden images reach the model bit-exact.
+`tests/e2e/test_resize_rule.py` holds the two copies equal, bit for bit.
 """
 
 from __future__ import annotations

@@ -57,7 +57,11 @@ class ImageSet:
 
 
 def preprocess_image(image: Image.Image, size: int) -> np.ndarray:
-    """RGB, shorter side resized to ``size``, centre-cropped: (size, size, 3) uint8. The one resize rule."""
+    """RGB, shorter side resized to ``size``, centre-cropped: (size, size, 3) uint8.
+
+    The agent's ``device_agent.images.rgb_array`` must give the same bits (it cannot import this);
+    ``tests/e2e/test_resize_rule.py`` checks that they do.
+    """
     image = image.convert("RGB")
     w, h = image.size
     scale = size / min(w, h)
