@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, insert, select
@@ -144,34 +144,10 @@ def test_delta_is_built_once_across_two_server_processes(env: Env) -> None:
     assert total == 3, (builds(a), builds(b))  # 1→2, 2→3 at publish; 1→3 once, by a or b
 
 
-def test_abandoned_claim_is_taken_over(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
-    publish(client, env.artifact(2))
-    publish(client, env.artifact(3))
-    engine = create_engine(env.database_url)
-    try:
-        with engine.begin() as conn:
-            model_id = conn.execute(select(Delta.model_id)).scalars().first()
-            conn.execute(
-                insert(Delta).values(  # a builder that crashed an hour ago
-                    model_id=model_id,
-                    from_version=1,
-                    to_version=3,
-                    status="pending",
-                    claimed_by="dead-host:1:x",
-                    claimed_at=utcnow() - timedelta(hours=1),
-                )
-            )
-    finally:
-        engine.dispose()
-    token = enroll(client, "dev-1")
-    assert offer_with_delta(client, token, 1)["delta"]["from_version"] == 1
-
-
-def test_fresh_claim_by_another_process_is_left_alone(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
-    publish(client, env.artifact(2))
-    publish(client, env.artifact(3))
+def _three_versions_with_a_claim(env: Env, client: TestClient, claimed_by: str, claimed_at: datetime) -> None:
+    """v1…v3 published, and the 1 → 3 delta claimed (status pending) by another process."""
+    for version in (1, 2, 3):
+        publish(client, env.artifact(version))
     engine = create_engine(env.database_url)
     try:
         with engine.begin() as conn:
@@ -182,12 +158,22 @@ def test_fresh_claim_by_another_process_is_left_alone(env: Env, client: TestClie
                     from_version=1,
                     to_version=3,
                     status="pending",
-                    claimed_by="busy-host:1:x",
-                    claimed_at=utcnow(),
+                    claimed_by=claimed_by,
+                    claimed_at=claimed_at,
                 )
             )
     finally:
         engine.dispose()
+
+
+def test_abandoned_claim_is_taken_over(env: Env, client: TestClient) -> None:
+    _three_versions_with_a_claim(env, client, "dead-host:1:x", utcnow() - timedelta(hours=1))  # crashed an hour ago
+    token = enroll(client, "dev-1")
+    assert offer_with_delta(client, token, 1)["delta"]["from_version"] == 1
+
+
+def test_fresh_claim_by_another_process_is_left_alone(env: Env, client: TestClient) -> None:
+    _three_versions_with_a_claim(env, client, "busy-host:1:x", utcnow())
     token = enroll(client, "dev-1")
     for _ in range(5):
         assert client.get("/v1/device/update?current_version=1", headers=bearer(token)).json()["delta"] is None
