@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -14,6 +12,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 import artifact as A
+from tests.artifact.conftest import manifest_fields as artifact_manifest_fields
 
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -39,7 +38,6 @@ def private_pg_schema(prefix: str) -> Iterator[str]:
         admin.dispose()
 
 
-LABELS = ["circle", "square", "triangle"]
 MODEL = "shapes"
 
 
@@ -78,32 +76,9 @@ def classifier(seed: int = 0, *, version_tweak: int = 0, hidden: int = 192) -> b
 
 
 def manifest_fields(onnx_bytes: bytes, payload: bytes, **overrides: Any) -> dict[str, Any]:
-    now = datetime.now(UTC)
-    fields: dict[str, Any] = {
-        "schema": 1,
-        "model": MODEL,
-        "version": 1,
-        "created_at": A.format_time(now),
-        "parent_version": None,
-        "payload": {"encoding": "onnx+zstd", "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
-        "onnx": {
-            "length": len(onnx_bytes),
-            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-            "opset": 17,
-            "input": {"name": "input", "shape": ["batch", 3, 8, 8], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", 3]},
-        },
-        "labels": LABELS,
-        "preprocess": {"size": 8, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"},
-        "metrics": {"accuracy": 0.9731, "params": 579},
-        "golden": {
-            "tolerance": 1e-4,
-            "cases": [{"seed": i, "top1": i % 3, "logits": [0.1 * i, -1.5, 2.25]} for i in range(8)],
-        },
-        "expires_at": A.format_time(now + timedelta(days=30)),
-    }
-    fields.update(overrides)
-    return fields
+    """The artifact tests' manifest for the 8×8 classifier, as this server's first version of MODEL."""
+    base = {"model": MODEL, "version": 1, "parent_version": None, "metrics": {"accuracy": 0.9731, "params": 579}}
+    return artifact_manifest_fields(onnx_bytes, payload, **{**base, **overrides})
 
 
 def build_artifact(
