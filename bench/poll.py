@@ -81,9 +81,9 @@ def database(kind: str, workdir: Path) -> Iterator[str]:
 
 def enroll_devices(url: str, count: int, *, start: int = 0) -> list[str]:
     """Insert devices straight through the data layer; returns their tokens."""
+    from server.core.security import DeviceIdentity, Signer, new_token_id
     from server.data import devices as device_data
-    from server.db import Database
-    from server.security import DeviceIdentity, Signer, new_token_id
+    from server.db.session import Database
 
     signer = Signer(SECRET_KEY)
     db = Database(url)
@@ -115,7 +115,7 @@ def analyze(url: str) -> None:
     """Refresh the planner's statistics after a bulk insert (both databases support ANALYZE)."""
     from sqlalchemy import text
 
-    from server.db import Database
+    from server.db.session import Database
 
     db = Database(url)
     try:
@@ -210,7 +210,7 @@ def bench_database(kind: str, workdir: Path, args: argparse.Namespace) -> tuple[
     import httpx
 
     import artifact as A
-    from server.migrate import upgrade
+    from server.db.migrate import upgrade
 
     key = A.generate_key()
     A.save_public_key(key, workdir / f"{kind}.pub.pem")

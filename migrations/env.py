@@ -1,11 +1,11 @@
-"""Alembic environment: URL from the caller (server.migrate) or from OTA_DATABASE_URL, metadata from the models."""
+"""Alembic environment: URL from the caller (server.db.migrate) or from OTA_DATABASE_URL, metadata from the models."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import Connection
 
-from server.models import Base
+from server.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -39,7 +39,7 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     from server.config import load_settings
-    from server.db import make_engine
+    from server.db.session import make_engine
 
     url = config.get_main_option("sqlalchemy.url") or load_settings().database_url
     engine = make_engine(url, pool_size=1)

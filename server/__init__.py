@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .app import create_app
     from .config import Settings, load_settings
-    from .migrate import upgrade
+    from .db.migrate import upgrade
 
 __all__ = ["Settings", "create_app", "load_settings", "upgrade"]
-_WHERE = {"create_app": ".app", "Settings": ".config", "load_settings": ".config", "upgrade": ".migrate"}
+_WHERE = {"create_app": ".app", "Settings": ".config", "load_settings": ".config", "upgrade": ".db.migrate"}
 
 
 def __getattr__(name: str) -> Any:

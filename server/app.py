@@ -17,11 +17,11 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .api.problems import BodyLimit, install_problem_handlers
-from .api.routes import blobs, device, devices, models, ops
+from .api.routes import blobs, device, devices, ops, registry
 from .config import Settings
+from .core.services import Services, build_services
 from .errors import DatabaseUnavailableError
 from .observability import RequestObserver
-from .services import Services, build_services
 
 log = logging.getLogger("ota.app")
 
@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
-    for module in (device, blobs, ops, models, devices):  # hot routes first: FastAPI matches in order
+    for module in (device, blobs, ops, registry, devices):  # hot routes first: FastAPI matches in order
         app.include_router(module.router)
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)
     app.add_middleware(RequestObserver, metrics=services.metrics, access=services.access)

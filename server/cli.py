@@ -45,7 +45,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .migrate import upgrade
+    from .db.migrate import upgrade
     from .observability import configure_logging
 
     configure_logging(settings.log_level)
@@ -69,7 +69,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    from .migrate import current_revision, upgrade
+    from .db.migrate import current_revision, upgrade
 
     upgrade(settings.database_url)
     print(f"database at revision {current_revision(settings.database_url)}")
@@ -79,10 +79,10 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 def _create_token(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import exc as sa_exc
 
+    from .core.security import digest, new_admin_token
     from .data import admin as admin_data
-    from .db import Database
-    from .migrate import upgrade
-    from .security import digest, new_admin_token
+    from .db.migrate import upgrade
+    from .db.session import Database
 
     upgrade(settings.database_url)
     token = new_admin_token()
@@ -103,7 +103,7 @@ def _create_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _revoke_token(settings: Settings, args: argparse.Namespace) -> int:
     from .data import admin as admin_data
-    from .db import Database
+    from .db.session import Database
 
     db = Database(settings.database_url, pool_size=1)
     try:
@@ -122,7 +122,7 @@ def _revoke_token(settings: Settings, args: argparse.Namespace) -> int:
 
 def _list_tokens(settings: Settings, _args: argparse.Namespace) -> int:
     from .data import admin as admin_data
-    from .db import Database
+    from .db.session import Database
 
     db = Database(settings.database_url, pool_size=1)
     try:

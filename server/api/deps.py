@@ -15,10 +15,10 @@ from fastapi import Depends, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from ..core.security import DeviceIdentity, secret_equals
+from ..core.services import Services
 from ..errors import AuthenticationError, EnrollmentRefusedError, ForbiddenError
-from ..schemas import EnrollRequest
-from ..security import DeviceIdentity, secret_equals
-from ..services import Services
+from .schemas import EnrollRequest
 
 
 def services_of(request: Request) -> Services:

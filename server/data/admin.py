@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
-from ..models import AdminToken
+from ..db.models import AdminToken
+from ..db.session import utcnow
 
 
 def create_admin_token(session: Session, *, name: str, token_hash: str) -> AdminToken:

@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, insert, select, update
 from sqlalchemy.orm import Session, aliased
 
-from ..db import utcnow
-from ..models import Device, DeviceEvent, DeviceLabel, RevokedToken
+from ..db.models import Device, DeviceEvent, DeviceLabel, RevokedToken
+from ..db.session import utcnow
 
 
 def create_device(session: Session, *, device_id: str, model: str, token_id: str, labels: Mapping[str, str]) -> Device:

@@ -8,8 +8,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
-from ..models import Model, ModelVersion
+from ..db.models import Model, ModelVersion
+from ..db.session import utcnow
 from ._upsert import insert_ignore
 
 

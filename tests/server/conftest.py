@@ -34,7 +34,7 @@ with warnings.catch_warnings():  # this Starlette warns about its own test clien
 
 import artifact as A
 from server import Settings, create_app, upgrade
-from server.models import Base
+from server.db.models import Base
 
 from . import helpers
 from .helpers import private_pg_schema

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from server.security import DeviceIdentity, Signer
+from server.core.security import DeviceIdentity, Signer
 
 from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish
 

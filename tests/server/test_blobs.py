@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import artifact as A
-from server.security import Signer
+from server.core.security import Signer
 
 from . import helpers
 from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish

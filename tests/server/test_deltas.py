@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, insert, select
 
 import artifact as A
-from server.db import utcnow
-from server.models import Delta
+from server.db.models import Delta
+from server.db.session import utcnow
 from server.storage import open_storage
 
 from . import helpers

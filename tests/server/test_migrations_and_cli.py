@@ -18,8 +18,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 import artifact as A
-from server.migrate import alembic_config, upgrade
-from server.models import Base
+from server.db.migrate import alembic_config, upgrade
+from server.db.models import Base
 
 from . import helpers
 from .conftest import free_port

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from server.core.security import DeviceIdentity, Signer
 from server.observability import JsonFormatter
-from server.security import DeviceIdentity, Signer
 
 from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, closed_port, enroll, publish
 

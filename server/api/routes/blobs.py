@@ -13,9 +13,9 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ... import schemas
+from ...core.offers import etag_matches
 from ...observability import Metrics
-from ...offers import etag_matches
+from .. import schemas
 from ..deps import BlobAccessDep, ServicesDep
 from ..ranges import parse_range
 

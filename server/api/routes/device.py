@@ -2,7 +2,7 @@
 
 The poll is the hottest path of the server. It authenticates without a database round trip (a
 signed token and the in-memory revocation list), reads the offered version from the in-memory
-registry view, and records last-seen in a batch (:mod:`server.seen`): when the device is current,
+registry view, and records last-seen in a batch (:mod:`server.core.seen`): when the device is current,
 it touches no database and no storage at all.
 """
 
@@ -15,11 +15,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ... import fleet, schemas
+from ...core import fleet
+from ...core.offers import etag_matches
+from ...core.services import Services
 from ...data import devices as device_data
 from ...errors import AuthenticationError
-from ...offers import etag_matches
-from ...services import Services
+from .. import schemas
 from ..deps import DeviceDep, EnrollmentDep, ServicesDep, SessionDep, services_of
 
 router = APIRouter(tags=["device"])

@@ -8,9 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from ... import fleet, schemas
+from ...core import fleet
 from ...data import devices as device_data
 from ...errors import DeviceNotFoundError
+from .. import schemas
 from ..deps import AdminDep, ServicesDep, SessionDep
 
 router = APIRouter(tags=["fleet"])

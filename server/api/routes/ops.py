@@ -7,8 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from ... import schemas
 from ...errors import UnavailableError
+from .. import schemas
 from ..deps import ServicesDep
 from ..problems import problem_response
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from .errors import DatabaseUnavailableError
+from ..errors import DatabaseUnavailableError
 
 # Errors that mean "the database is not there or not answering", as opposed to a bug in a query.
 UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)

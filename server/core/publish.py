@@ -2,7 +2,7 @@
 
 Order matters. Everything that can refuse the artifact runs before anything is stored: the door
 (schema, model name, signatures against ``OTA_PUBLISHER_KEYS``, expiry, version above the latest,
-lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.onnx_check`. Blobs are
+lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.core.onnx_check`. Blobs are
 written before the database row, so a committed version always has its blobs; a failure between
 the two leaves only unreferenced, content-addressed blobs behind.
 
@@ -21,12 +21,12 @@ from sqlalchemy import exc as sa_exc
 
 import artifact as A
 
-from .data import registry as registry_data
-from .db import Database, utcnow
-from .errors import InvalidArtifactError, VersionConflictError, VersionNotAboveLatestError
-from .models import ModelVersion
+from ..data import registry as registry_data
+from ..db.models import ModelVersion
+from ..db.session import Database, utcnow
+from ..errors import InvalidArtifactError, VersionConflictError, VersionNotAboveLatestError
+from ..storage import Storage
 from .onnx_check import check_model
-from .storage import Storage
 
 
 @dataclass(frozen=True)

@@ -6,18 +6,18 @@ from dataclasses import dataclass
 
 import artifact as A
 
+from ..config import Settings
+from ..db.session import Database
+from ..errors import ConfigurationError
+from ..observability import AccessLog, Metrics
+from ..storage import Storage, open_storage
 from .auth import Authenticator
-from .config import Settings
-from .db import Database
 from .deltas import DeltaService
-from .errors import ConfigurationError
-from .observability import AccessLog, Metrics
 from .offers import Offers
 from .publish import Publisher
-from .registry_view import RegistryView
 from .security import Signer
 from .seen import SeenBuffer
-from .storage import Storage, open_storage
+from .view import RegistryView
 
 
 @dataclass

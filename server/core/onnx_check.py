@@ -14,7 +14,7 @@ from onnx import helper
 
 import artifact as A
 
-from .errors import InvalidArtifactError
+from ..errors import InvalidArtifactError
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:

@@ -12,8 +12,8 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..db import utcnow
-from ..models import Delta
+from ..db.models import Delta
+from ..db.session import utcnow
 from ._upsert import insert_ignore
 
 PENDING, READY, OVERSIZE, FAILED = "pending", "ready", "oversize", "failed"

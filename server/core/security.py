@@ -10,7 +10,7 @@ random token id. The update poll is the hottest path of the server (every device
 minutes), and a signed token lets it authenticate without a database round trip; the token is
 still never stored (only its token id, which is not a credential). Revocation — a device deleted by
 an admin — lists the token id in ``revoked_tokens``; each process reloads that list with its
-registry view (:mod:`server.registry_view`), and the revoking request waits until every process
+registry view (:mod:`server.core.view`), and the revoking request waits until every process
 must have seen it. Mender's device tokens (JWTs signed by the server) make the same trade.
 
 **Download URLs** for blobs served by this server are signed the same way (sha256 + expiry), so

@@ -7,7 +7,7 @@ What each table is for:
   payload and decoded ONNX blobs, which live in object storage under their sha256.
 - ``devices`` / ``device_labels`` / ``device_events``: enrolled devices, their labels (one row per
   key, indexed for ``label=k:v`` filters) and the event log they report.
-- ``revoked_tokens``: device tokens are signed, not looked up (see :mod:`server.security`), so a
+- ``revoked_tokens``: device tokens are signed, not looked up (see :mod:`server.core.security`), so a
   decommissioned device's token id is listed here until the end of time.
 - ``admin_tokens``: admin tokens minted by ``ota-server create-token``, stored as sha256 digests.
 - ``deltas``: one row per (model, from, to) pair. Its unique constraint is the *claim* that makes
@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .db import UTCDateTime, utcnow
+from .session import UTCDateTime, utcnow
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

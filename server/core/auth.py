@@ -7,10 +7,10 @@ admin endpoint, an admin token on a device endpoint).
 
 from __future__ import annotations
 
-from .data import admin as admin_data
-from .db import Database
-from .registry_view import RegistryView
+from ..data import admin as admin_data
+from ..db.session import Database
 from .security import ADMIN_PREFIX, DeviceIdentity, Signer, digest, secret_equals
+from .view import RegistryView
 
 BOOTSTRAP = "bootstrap"
 VERIFIED_CACHE = 200_000  # device tokens whose MAC checked out: ~50 MB at most, one per device of a big fleet
@@ -38,7 +38,7 @@ class Authenticator:
             return row.name if row is not None else None
 
     def device(self, token: str) -> DeviceIdentity | None:
-        """The device a token was issued to, unless it was revoked. No I/O (see :mod:`server.security`).
+        """The device a token was issued to, unless it was revoked. No I/O (see :mod:`server.core.security`).
 
         Raises :class:`DatabaseUnavailableError` when the revocation list is too stale to trust.
         """

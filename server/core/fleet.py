@@ -23,11 +23,11 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from . import schemas
-from .data import devices as device_data
-from .db import utcnow
-from .errors import BadRequestError, DeviceExistsError
-from .models import Device
+from ..api import schemas
+from ..data import devices as device_data
+from ..db.models import Device
+from ..db.session import utcnow
+from ..errors import BadRequestError, DeviceExistsError
 from .security import DeviceIdentity, Signer, new_token_id
 
 

@@ -11,11 +11,11 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ... import schemas
-from ...data import deltas as delta_data
+from ...data import delta_rows as delta_data
 from ...data import registry as registry_data
+from ...db.models import Model, ModelVersion
 from ...errors import ModelNotFoundError, VersionNotFoundError
-from ...models import Model, ModelVersion
+from .. import schemas
 from ..deps import AdminDep, ServicesDep, SessionDep
 from ..uploads import spool_body
 

@@ -17,10 +17,10 @@ from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
-from .db import UNAVAILABLE, make_engine
-from .errors import ConfigurationError, DatabaseUnavailableError
+from ..errors import ConfigurationError, DatabaseUnavailableError
+from .session import UNAVAILABLE, make_engine
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 _LOCK_ID = 0x07A5E4E4  # arbitrary, fixed: "the OTA schema"
 
 

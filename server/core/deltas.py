@@ -5,7 +5,7 @@ When a version is published the delta from the previous offered version is queue
 (*lazy*). A poll never waits for a build: it offers the full download until the delta is ready.
 
 "Once" holds across processes: a build starts only after its worker has inserted the pair's row in
-``deltas`` (the unique constraint is the claim, see :mod:`server.data.deltas`). Within a process
+``deltas`` (the unique constraint is the claim, see :mod:`server.data.delta_rows`). Within a process
 a pair is queued at most once at a time. Finished rows (ready, oversize, failed) never change, so
 each process caches them after one read.
 
@@ -28,13 +28,13 @@ from datetime import timedelta
 
 import artifact as A
 
-from .data import deltas as delta_data
-from .data import registry as registry_data
-from .db import Database, utcnow
-from .errors import BlobNotFoundError, DatabaseUnavailableError, StorageUnavailableError
-from .models import ModelVersion
-from .observability import Metrics
-from .storage import Storage
+from ..data import delta_rows as delta_data
+from ..data import registry as registry_data
+from ..db.models import ModelVersion
+from ..db.session import Database, utcnow
+from ..errors import BlobNotFoundError, DatabaseUnavailableError, StorageUnavailableError
+from ..observability import Metrics
+from ..storage import Storage
 
 log = logging.getLogger("ota.deltas")
 Key = tuple[int, int, int]  # model_id, from_version, to_version

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
 
-from .data import devices as device_data
-from .db import Database
-from .errors import DatabaseUnavailableError
+from ..data import devices as device_data
+from ..db.session import Database
+from ..errors import DatabaseUnavailableError
 
 log = logging.getLogger("ota.seen")
 

@@ -21,14 +21,14 @@ import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from .data import registry as registry_data
-from .data.registry import Head
-from .db import Database
+from ..data import registry as registry_data
+from ..data.registry import Head
+from ..db.session import Database
+from ..errors import VersionNotFoundError
+from ..observability import Metrics
+from ..storage import Storage
 from .deltas import DeltaService
-from .errors import VersionNotFoundError
-from .observability import Metrics
 from .security import Signer
-from .storage import Storage
 
 _CACHE_VERSIONS = 256
 

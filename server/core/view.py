@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 
 from starlette.concurrency import run_in_threadpool
 
-from .data import devices as device_data
-from .data import registry as registry_data
-from .data.registry import Head
-from .db import Database
-from .errors import DatabaseUnavailableError
+from ..data import devices as device_data
+from ..data import registry as registry_data
+from ..data.registry import Head
+from ..db.session import Database
+from ..errors import DatabaseUnavailableError
 
 log = logging.getLogger("ota.registry")
 

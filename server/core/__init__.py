@@ -1,0 +1,1 @@
+"""Policy: publishing, offers, deltas, the fleet, authentication; opens the sessions and commits."""
