@@ -77,61 +77,52 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _create_token(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import exc as sa_exc
-
-    from .core.security import digest, new_admin_token
-    from .data import admin as admin_data
+    from .core.auth import create_admin_token
     from .db.migrate import upgrade
     from .db.session import Database
 
     upgrade(settings.database_url)
-    token = new_admin_token()
     db = Database(settings.database_url, pool_size=1)
     try:
-        with db.session() as session:
-            admin_data.create_admin_token(session, name=args.name, token_hash=digest(token))
-            session.commit()
-    except sa_exc.IntegrityError:
-        print(f"ota-server: error: an admin token named {args.name!r} already exists", file=sys.stderr)
-        return 1
+        token = create_admin_token(db, name=args.name)
     finally:
         db.dispose()
+    if token is None:
+        print(f"ota-server: error: an admin token named {args.name!r} already exists", file=sys.stderr)
+        return 1
     print(token)
     print(f"admin token {args.name!r} created; it is shown only this once", file=sys.stderr)
     return 0
 
 
 def _revoke_token(settings: Settings, args: argparse.Namespace) -> int:
-    from .data import admin as admin_data
+    from .core.auth import revoke_admin_token
     from .db.session import Database
 
     db = Database(settings.database_url, pool_size=1)
     try:
-        with db.session() as session:
-            token = admin_data.get_admin_token(session, name=args.name)
-            if token is None:
-                print(f"ota-server: error: no admin token named {args.name!r}", file=sys.stderr)
-                return 1
-            admin_data.revoke_admin_token(session, token=token)
-            session.commit()
+        revoked = revoke_admin_token(db, name=args.name)
     finally:
         db.dispose()
+    if not revoked:
+        print(f"ota-server: error: no admin token named {args.name!r}", file=sys.stderr)
+        return 1
     print(f"admin token {args.name!r} revoked")
     return 0
 
 
 def _list_tokens(settings: Settings, _args: argparse.Namespace) -> int:
-    from .data import admin as admin_data
+    from .core.auth import list_admin_tokens
     from .db.session import Database
 
     db = Database(settings.database_url, pool_size=1)
     try:
-        with db.session() as session:
-            for t in admin_data.list_admin_tokens(session):
-                state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
-                print(f"{t.name}\tcreated {t.created_at:%Y-%m-%d %H:%M}\t{state}")
+        tokens = list_admin_tokens(db)
     finally:
         db.dispose()
+    for t in tokens:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        print(f"{t.name}\tcreated {t.created_at:%Y-%m-%d %H:%M}\t{state}")
     return 0
 
 

@@ -3,8 +3,9 @@
 Each class carries the HTTP status, a stable problem `slug` (the RFC 9457 `type` is
 ``urn:ota:problem:<slug>``) and a title; the message is the problem's human-readable `detail`.
 Foreign exceptions (SQLAlchemy, boto3, OS errors, :mod:`artifact` refusals) are translated into
-these at one boundary each — the database session, the storage backends, the publish service — so
-that routes never see a driver's exception and no input can turn into a 500.
+these at one boundary each — the database session (:mod:`server.db.session`), the storage
+backends, the publish service — so that routes never see a driver's exception and no input can
+turn into a 500.
 
 The split that matters to a client is by cause: a :class:`ClientError` means *this request* is
 wrong and retrying it unchanged cannot help; an :class:`UnavailableError` means a dependency is
@@ -33,6 +34,9 @@ down and the same request may succeed later (the response carries ``Retry-After`
     └── UnavailableError                    503 + Retry-After: retry later
         ├── DatabaseUnavailableError
         └── StorageUnavailableError
+
+    ConstraintViolationError                not HTTP: a write broke a unique constraint; core decides what it means
+    ConfigurationError                      not HTTP: the server cannot start with these settings
 """
 
 from __future__ import annotations
@@ -183,6 +187,15 @@ class DatabaseUnavailableError(UnavailableError):
 class StorageUnavailableError(UnavailableError):
     slug = "storage-unavailable"
     title = "Object storage unavailable"
+
+
+class ConstraintViolationError(Exception):
+    """A write broke a database constraint — here always a unique one: a concurrent writer got there first.
+
+    The database session (:mod:`server.db.session`) raises it in place of SQLAlchemy's
+    ``IntegrityError``; the core service that wrote decides what it means (a device id already
+    enrolled, a version another publish committed first). One that escapes is a bug: answered 500.
+    """
 
 
 class ConfigurationError(Exception):

@@ -1,4 +1,4 @@
-"""Who is calling: the admin and device authenticators the API dependencies use.
+"""Who is calling: the admin and device authenticators the API dependencies use, and admin tokens.
 
 Routes never check credentials themselves; :mod:`server.api.deps` calls these and turns the
 answer into 401 (nobody we know) or 403 (someone we know, on the wrong side: a device token on an
@@ -8,8 +8,10 @@ admin endpoint, an admin token on a device endpoint).
 from __future__ import annotations
 
 from ..data import admin as admin_data
+from ..db.models import AdminToken
 from ..db.session import Database
-from .security import ADMIN_PREFIX, DeviceIdentity, Signer, digest, secret_equals
+from ..errors import ConstraintViolationError
+from .security import ADMIN_PREFIX, DeviceIdentity, Signer, digest, new_admin_token, secret_equals
 from .view import RegistryView
 
 BOOTSTRAP = "bootstrap"
@@ -53,3 +55,34 @@ class Authenticator:
         if identity.token_id in self.view.current().revoked_tokens:
             return None
         return identity
+
+
+# -- minted admin tokens (`ota-server create-token | revoke-token | list-tokens`) ------------------
+
+
+def create_admin_token(db: Database, *, name: str) -> str | None:
+    """Mint a token named `name` (only its digest is stored); None if that name is taken."""
+    token = new_admin_token()
+    try:
+        with db.session() as session:
+            admin_data.create_admin_token(session, name=name, token_hash=digest(token))
+            session.commit()
+    except ConstraintViolationError:
+        return None
+    return token
+
+
+def revoke_admin_token(db: Database, *, name: str) -> bool:
+    """Revoke the token named `name`; False if there is none (revoking twice is harmless)."""
+    with db.session() as session:
+        token = admin_data.get_admin_token(session, name=name)
+        if token is None:
+            return False
+        admin_data.revoke_admin_token(session, token=token)
+        session.commit()
+        return True
+
+
+def list_admin_tokens(db: Database) -> list[AdminToken]:
+    with db.session() as session:
+        return admin_data.list_admin_tokens(session)

@@ -17,14 +17,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from sqlalchemy import exc as sa_exc
-
 import artifact as A
 
 from ..data import registry as registry_data
 from ..db.models import ModelVersion
 from ..db.session import Database, utcnow
-from ..errors import InvalidArtifactError, VersionConflictError, VersionNotAboveLatestError
+from ..errors import (
+    ConstraintViolationError,
+    InvalidArtifactError,
+    VersionConflictError,
+    VersionNotAboveLatestError,
+)
 from ..storage import Storage
 from .onnx_check import check_model
 
@@ -100,7 +103,7 @@ class Publisher:
                     row.model_id = model_row.id
                     registry_data.add_version(session, version=row)
                     session.commit()
-        except sa_exc.IntegrityError:  # an identical (model, version) insert committed first
+        except ConstraintViolationError:  # an identical (model, version) insert committed first
             lost_race = True
         if lost_race:
             return self._existing(model=model, version=manifest.version, artifact_sha256=artifact_sha256)

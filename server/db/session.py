@@ -4,7 +4,9 @@ SQLite (embedded default) and PostgreSQL (production) share every query; the dif
 here: SQLite gets WAL, a busy timeout and foreign keys on every connection, and its parent
 directory is created; PostgreSQL gets a bounded pool and connect timeout. A database that cannot be
 reached — refused connection, pool exhausted, SQLite locked past its busy timeout — surfaces as
-:class:`DatabaseUnavailableError` (503 + Retry-After), never as a 500.
+:class:`DatabaseUnavailableError` (503 + Retry-After), never as a 500. A write that breaks a unique
+constraint surfaces as :class:`ConstraintViolationError`, for the core service that wrote to judge.
+This module, :mod:`server.db.migrate` and :mod:`server.data` are the only ones that import SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session as Session  # re-exported: core annotates with it
+from sqlalchemy.orm import sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from ..errors import DatabaseUnavailableError
+from ..errors import ConstraintViolationError, DatabaseUnavailableError
 
 # Errors that mean "the database is not there or not answering", as opposed to a bug in a query.
 UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
@@ -101,10 +104,16 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that rolls back on error and turns 'database down' into a 503 error."""
+        """A session that rolls back on error and translates driver errors: 'database down' becomes
+        :class:`DatabaseUnavailableError` (503), a unique-constraint violation :class:`ConstraintViolationError`."""
         try:
             with self._sessions() as session:
                 yield session
+        except sa_exc.IntegrityError as e:
+            cause = getattr(e, "orig", None) or e
+            raise ConstraintViolationError(
+                f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0][:300]}"
+            ) from e
         except UNAVAILABLE as e:
             cause = getattr(e, "orig", None) or e
             raise DatabaseUnavailableError(f"database unavailable ({type(cause).__name__})") from e
