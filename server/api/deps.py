@@ -1,22 +1,22 @@
-"""Dependencies: services, sessions, and every authorization decision.
+"""Dependencies: services and every authorization decision.
 
 A route states who may call it by the dependency it takes — :data:`AdminDep`, :data:`DeviceDep`,
-:data:`BlobAccessDep` — and never checks a credential itself. A device route acts on the device
-the token names; there is no device id in its path that another device could swap in.
+:data:`EnrolledDeviceDep`, :data:`BlobAccessDep` — and never checks a credential itself. A device
+route acts on the device the token names; there is no device id in its path that another device
+could swap in. Routes get no database session: the core services they call open their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from ..core.security import DeviceIdentity, secret_equals
 from ..core.services import Services
+from ..db.models import Device
 from ..errors import AuthenticationError, EnrollmentRefusedError, ForbiddenError
 from .schemas import EnrollRequest
 
@@ -31,15 +31,6 @@ async def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def get_session(services: ServicesDep) -> Iterator[Session]:
-    """One session per request, for the synchronous routes (FastAPI runs them in its thread pool)."""
-    with services.db.session() as session:
-        yield session
-
-
-SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def bearer_token(request: Request) -> str:
@@ -82,6 +73,13 @@ async def require_device(request: Request) -> DeviceIdentity:
     raise AuthenticationError("unknown or revoked device token")
 
 
+async def require_enrolled_device(
+    request: Request, device: Annotated[DeviceIdentity, Depends(require_device)]
+) -> Device:
+    """The calling device's row: a valid token whose device was deleted since the last registry refresh is 401."""
+    return await run_in_threadpool(services_of(request).fleet.enrolled, device.pk)
+
+
 async def require_blob_access(
     request: Request,
     services: ServicesDep,
@@ -115,4 +113,5 @@ async def require_enrollment_secret(body: EnrollRequest, services: ServicesDep) 
 AdminDep = Annotated[Admin, Depends(require_admin)]
 EnrollmentDep = Annotated[EnrollRequest, Depends(require_enrollment_secret)]
 DeviceDep = Annotated[DeviceIdentity, Depends(require_device)]
+EnrolledDeviceDep = Annotated[Device, Depends(require_enrolled_device)]
 BlobAccessDep = Annotated[None, Depends(require_blob_access)]

@@ -18,55 +18,173 @@ import base64
 import binascii
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
-
-from ..api import schemas
 from ..data import devices as device_data
-from ..db.models import Device
-from ..db.session import utcnow
-from ..errors import BadRequestError, DeviceExistsError
+from ..db.models import Device, DeviceEvent
+from ..db.session import Database, Session, utcnow
+from ..errors import (
+    AuthenticationError,
+    BadRequestError,
+    ConstraintViolationError,
+    DeviceExistsError,
+    DeviceNotFoundError,
+)
 from .security import DeviceIdentity, Signer, new_token_id
 
 
-def enroll(
-    session: Session, signer: Signer, *, device_id: str | None, model: str, labels: dict[str, str]
-) -> tuple[Device, str]:
-    """Create the device and its token (committed); :class:`DeviceExistsError` if the id is taken."""
-    device_id = device_id or f"dev-{secrets.token_hex(8)}"
-    if device_data.get_device(session, device_id=device_id) is not None:
-        raise DeviceExistsError(
-            f"device {device_id!r} is already enrolled; an admin must delete it before it can enroll again"
-        )
-    try:
-        device = device_data.create_device(
-            session, device_id=device_id, model=model, token_id=new_token_id(), labels=labels
-        )
-        session.commit()
-    except sa_exc.IntegrityError as e:  # a concurrent enrollment of the same id won
-        session.rollback()
-        raise DeviceExistsError(f"device {device_id!r} is already enrolled") from e
-    token = signer.device_token(
-        DeviceIdentity(pk=device.id, device_id=device.device_id, model=device.model_name, token_id=device.token_id)
-    )
-    return device, token
+class EventReport(Protocol):
+    """One event as a device reports it (the API's ``Event`` schema has these fields)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def installed_version(self) -> int | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def detail(self) -> str | None: ...
+    @property
+    def at(self) -> datetime | None: ...
+    @property
+    def metrics(self) -> dict[str, float] | None: ...
 
 
-def _reason(e: schemas.Event) -> str | None:
+@dataclass(frozen=True)
+class Enrolled:
+    device: Device
+    token: str
+
+
+@dataclass(frozen=True)
+class DeviceRecord:
+    """One device as an admin reads it: the row, its labels, its latest events (newest first)."""
+
+    device: Device
+    labels: dict[str, str]
+    events: list[DeviceEvent]
+
+
+@dataclass(frozen=True)
+class DevicePage:
+    items: list[tuple[Device, dict[str, str]]]  # each device with its labels
+    next_cursor: str | None
+
+
+class Fleet:
+    """Enrollment, events and the admin's views of devices; each method is one transaction (blocking)."""
+
+    def __init__(self, db: Database, signer: Signer) -> None:
+        self.db = db
+        self.signer = signer
+
+    def enroll(self, *, device_id: str | None, model: str, labels: dict[str, str]) -> Enrolled:
+        """Create the device and its token (committed); :class:`DeviceExistsError` if the id is taken."""
+        device_id = device_id or f"dev-{secrets.token_hex(8)}"
+        try:
+            with self.db.session() as session:
+                if device_data.get_device(session, device_id=device_id) is not None:
+                    raise DeviceExistsError(
+                        f"device {device_id!r} is already enrolled; an admin must delete it before it can enroll again"
+                    )
+                device = device_data.create_device(
+                    session, device_id=device_id, model=model, token_id=new_token_id(), labels=labels
+                )
+                session.commit()
+        except ConstraintViolationError as e:  # a concurrent enrollment of the same id won
+            raise DeviceExistsError(f"device {device_id!r} is already enrolled") from e
+        token = self.signer.device_token(
+            DeviceIdentity(pk=device.id, device_id=device.device_id, model=device.model_name, token_id=device.token_id)
+        )
+        return Enrolled(device, token)
+
+    def enrolled(self, pk: int) -> Device:
+        """The calling device's row; :class:`AuthenticationError` if it was deleted since its token was checked."""
+        with self.db.session() as session:
+            return _enrolled(session, pk)
+
+    def record_events(self, *, device_pk: int, events: Sequence[EventReport]) -> Device:
+        """Record a device's events and fold them into its row (committed); the updated row."""
+        with self.db.session() as session:
+            device = _enrolled(session, device_pk)
+            apply_events(session, device=device, events=events)
+            session.commit()
+            return device
+
+    def list_devices(
+        self,
+        *,
+        model: str | None,
+        version: int | None,
+        status: str | None,
+        labels: Sequence[str],
+        cursor: str | None,
+        limit: int,
+    ) -> DevicePage:
+        after = decode_cursor(cursor)
+        label_filters = parse_labels(labels)
+        with self.db.session() as session:
+            page = device_data.list_devices(
+                session, model=model, version=version, status=status, labels=label_filters, after=after, limit=limit + 1
+            )
+            more = len(page) > limit
+            page = page[:limit]
+            label_map = device_data.labels_of(session, pks=[d.id for d in page])
+        return DevicePage(
+            items=[(d, label_map[d.id]) for d in page],
+            next_cursor=encode_cursor(page[-1].id) if more else None,
+        )
+
+    def get_device(self, device_id: str) -> DeviceRecord:
+        with self.db.session() as session:
+            device = _device(session, device_id)
+            labels = device_data.labels_of(session, pks=[device.id])[device.id]
+            events = device_data.recent_events(session, device_pk=device.id)
+        return DeviceRecord(device, labels, events)
+
+    def delete_device(self, device_id: str) -> None:
+        """Delete the device and revoke its token (committed); :class:`DeviceNotFoundError` if there is none."""
+        with self.db.session() as session:
+            device_data.delete_device(session, device=_device(session, device_id))
+            session.commit()
+
+    def counts(self) -> tuple[list[tuple[str, int | None, int]], list[tuple[str, str, int]]]:
+        """(model, installed version, devices) and (model, status, devices) rows."""
+        with self.db.session() as session:
+            return device_data.fleet_counts(session)
+
+
+def _enrolled(session: Session, pk: int) -> Device:
+    device = device_data.get_device_by_pk(session, pk=pk)
+    if device is None:
+        raise AuthenticationError("this device is no longer enrolled")
+    return device
+
+
+def _device(session: Session, device_id: str) -> Device:
+    device = device_data.get_device(session, device_id=device_id)
+    if device is None:
+        raise DeviceNotFoundError(f"no device {device_id!r}")
+    return device
+
+
+def _reason(e: EventReport) -> str | None:
     """`reason: detail`, cut to the column's 500 characters."""
     text = f"{e.reason}: {e.detail}" if e.reason and e.detail else e.reason or e.detail
     return text[:500] if text else None
 
 
-def _context(e: schemas.Event) -> dict[str, Any] | None:
+def _context(e: EventReport) -> dict[str, Any] | None:
     """The optional facts of a lifecycle event (source, bytes, from_version, state), stored beside it."""
     facts = {k: getattr(e, k) for k in ("source", "bytes", "from_version", "state") if getattr(e, k) is not None}
     return facts or None
 
 
-def apply_events(session: Session, *, device: Device, events: Sequence[schemas.Event]) -> None:
+def apply_events(session: Session, *, device: Device, events: Sequence[EventReport]) -> None:
     """Record events and fold them into the device's status, installed version and metrics."""
     now = utcnow()
     rows = []
@@ -92,20 +210,6 @@ def apply_events(session: Session, *, device: Device, events: Sequence[schemas.E
             device.installed_version = e.installed_version
     device.last_seen_at = now
     device_data.add_events(session, device_pk=device.id, events=rows)
-
-
-def device_out(device: Device, labels: dict[str, str]) -> schemas.DeviceOut:
-    return schemas.DeviceOut(
-        device_id=device.device_id,
-        model=device.model_name,
-        labels=labels,
-        installed_version=device.installed_version,
-        status=device.status,
-        status_reason=device.status_reason,
-        status_at=device.status_at,
-        enrolled_at=device.enrolled_at,
-        last_seen_at=device.last_seen_at,
-    )
 
 
 def encode_cursor(after: int) -> str:
@@ -134,25 +238,3 @@ def parse_labels(values: Sequence[str]) -> list[tuple[str, str]]:
             raise BadRequestError(f"label filter {v[:80]!r} must look like key:value")
         out.append((key, value))
     return out
-
-
-def fleet_summary(session: Session, offered: dict[str, int]) -> schemas.Fleet:
-    by_version, by_status = device_data.fleet_counts(session)
-    models: dict[str, schemas.FleetModel] = {}
-
-    def entry(name: str) -> schemas.FleetModel:
-        if name not in models:
-            models[name] = schemas.FleetModel(
-                model=name, offered_version=offered.get(name), devices=0, versions=[], statuses={}
-            )
-        return models[name]
-
-    for name, version, count in by_version:
-        m = entry(name)
-        m.devices += count
-        m.versions.append(schemas.VersionCount(version=version, devices=count))
-    for name, status, count in by_status:
-        entry(name).statuses[status] = count
-    for name in offered:
-        entry(name)
-    return schemas.Fleet(models=[models[k] for k in sorted(models)])

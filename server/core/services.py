@@ -1,4 +1,8 @@
-"""Every long-lived service of one server process, built from the settings in one place."""
+"""Every long-lived service of one server process, built from the settings in one place.
+
+The API reaches the database only through these: each service method that writes opens its session and
+commits (routes never do).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,10 @@ from ..observability import AccessLog, Metrics
 from ..storage import Storage, open_storage
 from .auth import Authenticator
 from .deltas import DeltaService
+from .fleet import Fleet
 from .offers import Offers
 from .publish import Publisher
+from .registry import Registry
 from .security import Signer
 from .seen import SeenBuffer
 from .view import RegistryView
@@ -33,6 +39,8 @@ class Services:
     deltas: DeltaService
     offers: Offers
     publisher: Publisher
+    registry: Registry
+    fleet: Fleet
     auth: Authenticator
 
 
@@ -86,5 +94,7 @@ def build_services(settings: Settings) -> Services:
         deltas=deltas,
         offers=offers,
         publisher=Publisher(db, storage, trust_policy(settings)),
+        registry=Registry(db),
+        fleet=Fleet(db, signer),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
     )

@@ -1,4 +1,5 @@
 """Data access: plain functions over a SQLAlchemy session, keyword-only arguments, no HTTP and no policy.
 
-Callers own the transaction (they commit); these functions only read, add and flush.
+The caller — a service in :mod:`server.core` — owns the transaction and commits; these functions
+only read, add and flush.
 """

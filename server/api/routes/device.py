@@ -15,13 +15,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ...core import fleet
 from ...core.offers import etag_matches
-from ...core.services import Services
-from ...data import devices as device_data
-from ...errors import AuthenticationError
 from .. import schemas
-from ..deps import DeviceDep, EnrollmentDep, ServicesDep, SessionDep, services_of
+from ..deps import DeviceDep, EnrolledDeviceDep, EnrollmentDep, ServicesDep, services_of
 
 router = APIRouter(tags=["device"])
 POLL_INTERVAL_HEADER = "Ota-Poll-Interval"
@@ -37,15 +33,14 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     summary="Enroll a device with the fleet's enrollment secret",
     responses={403: {"model": schemas.Problem}, 409: {"model": schemas.Problem}},
 )
-def enroll(body: EnrollmentDep, services: ServicesDep, session: SessionDep) -> schemas.EnrollResponse:
-    device, token = fleet.enroll(
-        session, services.signer, device_id=body.device_id, model=body.model, labels=body.labels
-    )
+def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse:
+    enrolled = services.fleet.enroll(device_id=body.device_id, model=body.model, labels=body.labels)
+    device = enrolled.device
     services.metrics.enrollments.inc()
     return schemas.EnrollResponse(
         device_id=device.device_id,
         model=device.model_name,
-        token=token,
+        token=enrolled.token,
         poll_interval=services.offers.poll_interval(device.device_id),
     )
 
@@ -109,8 +104,8 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
     services.seen.mark(device.pk)
     interval = services.offers.poll_interval(device.device_id)
     headers = {POLL_INTERVAL_HEADER: str(interval), "Cache-Control": "no-store"}
-    if current_version is None:
-        current_version = await run_in_threadpool(_recorded_version, services, device.pk)
+    if current_version is None:  # the version it last reported (EnrolledDeviceDep's check, only when needed)
+        current_version = (await run_in_threadpool(services.fleet.enrolled, device.pk)).installed_version
     head = snapshot.heads.get(device.model)
     if head is None or (current_version is not None and head.version <= current_version):
         services.metrics.poll_current.inc()
@@ -131,15 +126,6 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
     return Response(offer.body, status_code=200, media_type="application/json", headers=headers)
 
 
-def _recorded_version(services: Services, pk: int) -> int | None:
-    """The installed version the device last reported (for polls that do not say)."""
-    with services.db.session() as session:
-        row = device_data.get_device_by_pk(session, pk=pk)
-        if row is None:
-            raise AuthenticationError("this device is no longer enrolled")
-        return row.installed_version
-
-
 @router.post(
     "/v1/device/events",
     response_model=schemas.EventsResponse,
@@ -147,17 +133,12 @@ def _recorded_version(services: Services, pk: int) -> int | None:
     responses=PROBLEMS,
 )
 def post_events(
-    device: DeviceDep,
+    device: EnrolledDeviceDep,
     services: ServicesDep,
-    session: SessionDep,
     body: Annotated[schemas.EventList | schemas.EventBatch, Body()],
 ) -> JSONResponse:
     events = body.events if isinstance(body, schemas.EventBatch) else body
-    row = device_data.get_device_by_pk(session, pk=device.pk)
-    if row is None:
-        raise AuthenticationError("this device is no longer enrolled")
-    fleet.apply_events(session, device=row, events=events)
-    session.commit()
+    row = services.fleet.record_events(device_pk=device.id, events=events)
     for e in events:
         services.metrics.device_events.labels(e.type).inc()
     result = schemas.EventsResponse(recorded=len(events), status=row.status, installed_version=row.installed_version)

@@ -8,11 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from ...core import fleet
-from ...data import devices as device_data
-from ...errors import DeviceNotFoundError
+from ...db.models import Device
 from .. import schemas
-from ..deps import AdminDep, ServicesDep, SessionDep
+from ..deps import AdminDep, ServicesDep
 
 router = APIRouter(tags=["fleet"])
 DeviceIdPath = Annotated[str, Path(pattern=schemas.DEVICE_ID)]
@@ -21,12 +19,50 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def device_out(device: Device, labels: dict[str, str]) -> schemas.DeviceOut:
+    return schemas.DeviceOut(
+        device_id=device.device_id,
+        model=device.model_name,
+        labels=labels,
+        installed_version=device.installed_version,
+        status=device.status,
+        status_reason=device.status_reason,
+        status_at=device.status_at,
+        enrolled_at=device.enrolled_at,
+        last_seen_at=device.last_seen_at,
+    )
+
+
+def fleet_summary(
+    by_version: list[tuple[str, int | None, int]], by_status: list[tuple[str, str, int]], offered: dict[str, int]
+) -> schemas.Fleet:
+    """The fleet document from the device counts per (model, version) and per (model, status)."""
+    models: dict[str, schemas.FleetModel] = {}
+
+    def entry(name: str) -> schemas.FleetModel:
+        if name not in models:
+            models[name] = schemas.FleetModel(
+                model=name, offered_version=offered.get(name), devices=0, versions=[], statuses={}
+            )
+        return models[name]
+
+    for name, version, count in by_version:
+        m = entry(name)
+        m.devices += count
+        m.versions.append(schemas.VersionCount(version=version, devices=count))
+    for name, status, count in by_status:
+        entry(name).statuses[status] = count
+    for name in offered:
+        entry(name)
+    return schemas.Fleet(models=[models[k] for k in sorted(models)])
+
+
 @router.get(
     "/v1/devices", response_model=schemas.DevicePage, summary="List devices (filters, cursor pages)", responses=PROBLEMS
 )
 def list_devices(
     _admin: AdminDep,
-    session: SessionDep,
+    services: ServicesDep,
     model: Annotated[str | None, Query(pattern=schemas.MODEL_NAME)] = None,
     version: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT, description="installed version")] = None,
     status: Annotated[schemas.DeviceStatus | None, Query()] = None,
@@ -34,17 +70,12 @@ def list_devices(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> schemas.DevicePage:
-    after = fleet.decode_cursor(cursor)
-    labels = fleet.parse_labels(label)
-    page = device_data.list_devices(
-        session, model=model, version=version, status=status, labels=labels, after=after, limit=limit + 1
+    page = services.fleet.list_devices(
+        model=model, version=version, status=status, labels=label, cursor=cursor, limit=limit
     )
-    more = len(page) > limit
-    page = page[:limit]
-    label_map = device_data.labels_of(session, pks=[d.id for d in page])
     return schemas.DevicePage(
-        items=[fleet.device_out(d, label_map[d.id]) for d in page],
-        next_cursor=fleet.encode_cursor(page[-1].id) if more else None,
+        items=[device_out(d, labels) for d, labels in page.items],
+        next_cursor=page.next_cursor,
     )
 
 
@@ -54,14 +85,11 @@ def list_devices(
     summary="One device with its recent events",
     responses=PROBLEMS,
 )
-def get_device(device_id: DeviceIdPath, _admin: AdminDep, session: SessionDep) -> schemas.DeviceDetail:
-    device = device_data.get_device(session, device_id=device_id)
-    if device is None:
-        raise DeviceNotFoundError(f"no device {device_id!r}")
-    labels = device_data.labels_of(session, pks=[device.id])[device.id]
-    events = device_data.recent_events(session, device_pk=device.id)
+def get_device(device_id: DeviceIdPath, _admin: AdminDep, services: ServicesDep) -> schemas.DeviceDetail:
+    record = services.fleet.get_device(device_id)
+    device = record.device
     return schemas.DeviceDetail(
-        **fleet.device_out(device, labels).model_dump(),
+        **device_out(device, record.labels).model_dump(),
         last_metrics=device.last_metrics,
         recent_events=[
             schemas.EventOut(
@@ -72,7 +100,7 @@ def get_device(device_id: DeviceIdPath, _admin: AdminDep, session: SessionDep) -
                 device_time=e.device_time,
                 received_at=e.received_at,
             )
-            for e in events
+            for e in record.events
         ],
     )
 
@@ -86,15 +114,7 @@ def get_device(device_id: DeviceIdPath, _admin: AdminDep, session: SessionDep) -
     responses=PROBLEMS,
 )
 async def delete_device(device_id: DeviceIdPath, _admin: AdminDep, services: ServicesDep) -> Response:
-    def delete() -> None:
-        with services.db.session() as session:
-            device = device_data.get_device(session, device_id=device_id)
-            if device is None:
-                raise DeviceNotFoundError(f"no device {device_id!r}")
-            device_data.delete_device(session, device=device)
-            session.commit()
-
-    await run_in_threadpool(delete)
+    await run_in_threadpool(services.fleet.delete_device, device_id)
     await run_in_threadpool(services.view.refresh)
     await asyncio.sleep(services.view.propagation_delay)
     return Response(status_code=204)
@@ -106,6 +126,6 @@ async def delete_device(device_id: DeviceIdPath, _admin: AdminDep, services: Ser
     summary="Devices per model by installed version and status",
     responses=PROBLEMS,
 )
-def get_fleet(_admin: AdminDep, services: ServicesDep, session: SessionDep) -> schemas.Fleet:
+def get_fleet(_admin: AdminDep, services: ServicesDep) -> schemas.Fleet:
     offered = {name: head.version for name, head in services.view.current().heads.items()}
-    return fleet.fleet_summary(session, offered)
+    return fleet_summary(*services.fleet.counts(), offered)

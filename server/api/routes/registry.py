@@ -11,12 +11,9 @@ from fastapi import APIRouter, Body, Path, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ...data import delta_rows as delta_data
-from ...data import registry as registry_data
-from ...db.models import Model, ModelVersion
-from ...errors import ModelNotFoundError, VersionNotFoundError
+from ...db.models import ModelVersion
 from .. import schemas
-from ..deps import AdminDep, ServicesDep, SessionDep
+from ..deps import AdminDep, ServicesDep
 from ..uploads import spool_body
 
 router = APIRouter(prefix="/v1/models", tags=["registry"])
@@ -43,20 +40,6 @@ def version_summary(model: str, row: ModelVersion) -> schemas.VersionSummary:
         revoked_at=row.revoked_at,
         revoked_reason=row.revoked_reason,
     )
-
-
-def _model(session: SessionDep, name: str) -> Model:
-    model = registry_data.get_model(session, name=name)
-    if model is None:
-        raise ModelNotFoundError(f"no model {name!r} has been published")
-    return model
-
-
-def _version(session: SessionDep, model: Model, version: int) -> ModelVersion:
-    row = registry_data.get_version(session, model_id=model.id, version=version)
-    if row is None:
-        raise VersionNotFoundError(f"model {model.name!r} has no version {version}")
-    return row
 
 
 @router.post(
@@ -106,7 +89,7 @@ async def publish_version(model: ModelPath, request: Request, admin: AdminDep, s
 
 
 @router.get("", response_model=list[schemas.ModelOut], summary="List models", responses=PROBLEMS)
-def list_models(_admin: AdminDep, session: SessionDep) -> list[schemas.ModelOut]:
+def list_models(_admin: AdminDep, services: ServicesDep) -> list[schemas.ModelOut]:
     return [
         schemas.ModelOut(
             name=m.name,
@@ -115,7 +98,7 @@ def list_models(_admin: AdminDep, session: SessionDep) -> list[schemas.ModelOut]
             latest_version=m.latest_version,
             offered_version=m.offered_version,
         )
-        for m in registry_data.list_models(session)
+        for m in services.registry.list_models()
     ]
 
 
@@ -125,9 +108,8 @@ def list_models(_admin: AdminDep, session: SessionDep) -> list[schemas.ModelOut]
     summary="List versions, newest first",
     responses=PROBLEMS,
 )
-def list_versions(model: ModelPath, _admin: AdminDep, session: SessionDep) -> list[schemas.VersionSummary]:
-    m = _model(session, model)
-    return [version_summary(model, row) for row in registry_data.list_versions(session, model_id=m.id)]
+def list_versions(model: ModelPath, _admin: AdminDep, services: ServicesDep) -> list[schemas.VersionSummary]:
+    return [version_summary(model, row) for row in services.registry.list_versions(model)]
 
 
 @router.get(
@@ -136,16 +118,19 @@ def list_versions(model: ModelPath, _admin: AdminDep, session: SessionDep) -> li
     summary="One version in full",
     responses=PROBLEMS,
 )
-def get_version(model: ModelPath, version: VersionPath, _admin: AdminDep, session: SessionDep) -> schemas.VersionDetail:
-    m = _model(session, model)
-    row = _version(session, m, version)
-    deltas = delta_data.list_deltas(session, model_id=m.id, to_version=version)
+def get_version(
+    model: ModelPath, version: VersionPath, _admin: AdminDep, services: ServicesDep
+) -> schemas.VersionDetail:
+    record = services.registry.get_version(model, version)
+    row = record.version
     return schemas.VersionDetail(
         **version_summary(model, row).model_dump(),
         manifest=json.loads(row.manifest_bytes),
         manifest_b64=base64.b64encode(row.manifest_bytes).decode("ascii"),
         signatures=json.loads(row.signatures),
-        deltas=[schemas.DeltaSummary(from_version=d.from_version, status=d.status, length=d.length) for d in deltas],
+        deltas=[
+            schemas.DeltaSummary(from_version=d.from_version, status=d.status, length=d.length) for d in record.deltas
+        ],
     )
 
 
@@ -164,15 +149,10 @@ async def revoke_version(
     services: ServicesDep,
     body: Annotated[schemas.RevokeRequest | None, Body()] = None,
 ) -> schemas.VersionSummary:
-    def revoke() -> schemas.VersionSummary:
-        with services.db.session() as session:
-            m = _model(session, model)
-            row = _version(session, m, version)
-            registry_data.revoke_version(session, version=row, reason=body.reason if body else None)
-            session.commit()
-            return version_summary(model, row)
-
-    summary = await run_in_threadpool(revoke)
+    row = await run_in_threadpool(
+        lambda: services.registry.revoke(model, version, reason=body.reason if body else None)
+    )
+    summary = version_summary(model, row)
     await run_in_threadpool(services.view.refresh)
     await asyncio.sleep(services.view.propagation_delay)
     return summary

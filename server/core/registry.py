@@ -1,0 +1,64 @@
+"""The registry as admins read it, and revocation. Publishing a version is :mod:`server.core.publish`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import delta_rows as delta_data
+from ..data import registry as registry_data
+from ..data.registry import ModelSummary
+from ..db.models import Delta, Model, ModelVersion
+from ..db.session import Database, Session
+from ..errors import ModelNotFoundError, VersionNotFoundError
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One version with the deltas built towards it (newest base first)."""
+
+    version: ModelVersion
+    deltas: list[Delta]
+
+
+class Registry:
+    """Each method is one transaction (blocking; run it in a worker thread)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def list_models(self) -> list[ModelSummary]:
+        with self.db.session() as session:
+            return registry_data.list_models(session)
+
+    def list_versions(self, model: str) -> list[ModelVersion]:
+        """Newest first; :class:`ModelNotFoundError` if nothing was ever published under that name."""
+        with self.db.session() as session:
+            return registry_data.list_versions(session, model_id=_model(session, model).id)
+
+    def get_version(self, model: str, version: int) -> VersionRecord:
+        with self.db.session() as session:
+            m = _model(session, model)
+            row = _version(session, m, version)
+            return VersionRecord(row, delta_data.list_deltas(session, model_id=m.id, to_version=version))
+
+    def revoke(self, model: str, version: int, *, reason: str | None) -> ModelVersion:
+        """Mark the version revoked (committed; revoking again keeps the first reason)."""
+        with self.db.session() as session:
+            row = _version(session, _model(session, model), version)
+            registry_data.revoke_version(session, version=row, reason=reason)
+            session.commit()
+            return row
+
+
+def _model(session: Session, name: str) -> Model:
+    model = registry_data.get_model(session, name=name)
+    if model is None:
+        raise ModelNotFoundError(f"no model {name!r} has been published")
+    return model
+
+
+def _version(session: Session, model: Model, version: int) -> ModelVersion:
+    row = registry_data.get_version(session, model_id=model.id, version=version)
+    if row is None:
+        raise VersionNotFoundError(f"model {model.name!r} has no version {version}")
+    return row
