@@ -19,6 +19,7 @@ test: venv lint typecheck pytest
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy --strict artifact device_agent server
