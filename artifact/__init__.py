@@ -1,6 +1,6 @@
-"""The artifact contract every part shares: manifest, keys, the one verification door, payload
-codec, artifact files and model-aware deltas. Pure library: no I/O beyond what callers hand in
-(save/load of key files excepted).
+"""The artifact contract every part shares: manifest, keys, the one verification door and the install
+checks behind it, payload codec, artifact files, model-aware deltas and the ONNX graph's edges.
+Pure library: no I/O beyond what callers hand in (save/load of key files excepted).
 
 Everything public is named here; modules prefixed with `_` are private.
 """
@@ -8,7 +8,7 @@ Everything public is named here; modules prefixed with `_` are private.
 from .codec import ENCODING_ONNX_ZSTD, decode_payload, encode_payload
 from .container import ArtifactFile, artifact_bytes, read_artifact, write_artifact
 from .delta import DeltaInfo, apply_delta, make_delta, read_delta_header
-from .door import VerifiedArtifact, decode_verified, seal_artifact, sign_manifest, verify_artifact
+from .door import VerifiedArtifact, seal_artifact, sign_manifest, verify_artifact
 from .errors import (
     ArtifactError,
     ArtifactFormatError,
@@ -34,6 +34,7 @@ from .errors import (
     UnsupportedEncodingError,
 )
 from .golden import seeded_input
+from .install import StreamVerifier, VerifiedBytes, install_delta, install_full, verify_onnx
 from .keys import (
     Signature,
     SigningKey,
@@ -47,6 +48,8 @@ from .keys import (
 )
 from .manifest import (
     MAX_MANIFEST_BYTES,
+    MODEL_NAME_PATTERN,
+    SHA256_HEX_PATTERN,
     Golden,
     GoldenCase,
     InputSpec,
@@ -61,12 +64,15 @@ from .manifest import (
     parse_manifest,
     parse_time,
 )
+from .onnx_io import GraphIO, TensorIO, read_graph_io
 from .preprocess import golden_seed_input, image_to_input, input_shape
-from .verify import DigestCheck, TrustPolicy, VerifiedManifest, check_bytes, read_verified, verify_manifest
+from .verify import TrustPolicy, VerifiedManifest, check_bytes, read_verified, verify_manifest
 
 __all__ = [
     "ENCODING_ONNX_ZSTD",
     "MAX_MANIFEST_BYTES",
+    "MODEL_NAME_PATTERN",
+    "SHA256_HEX_PATTERN",
     "ArtifactError",
     "ArtifactFile",
     "ArtifactFormatError",
@@ -77,11 +83,11 @@ __all__ = [
     "DeltaFormatError",
     "DeltaInfo",
     "DeltaResultError",
-    "DigestCheck",
     "DowngradeError",
     "ExpiredError",
     "Golden",
     "GoldenCase",
+    "GraphIO",
     "HashMismatchError",
     "InputSpec",
     "KeyFileError",
@@ -97,6 +103,8 @@ __all__ = [
     "Signature",
     "SignatureError",
     "SigningKey",
+    "StreamVerifier",
+    "TensorIO",
     "ThresholdError",
     "TooLongError",
     "TruncatedError",
@@ -104,6 +112,7 @@ __all__ = [
     "UnknownKeyError",
     "UnsupportedEncodingError",
     "VerifiedArtifact",
+    "VerifiedBytes",
     "VerifiedManifest",
     "VerifyKey",
     "apply_delta",
@@ -112,13 +121,14 @@ __all__ = [
     "canonical_json",
     "check_bytes",
     "decode_payload",
-    "decode_verified",
     "encode_payload",
     "format_time",
     "generate_key",
     "golden_seed_input",
     "image_to_input",
     "input_shape",
+    "install_delta",
+    "install_full",
     "key_id",
     "load_private_key",
     "load_public_key",
@@ -127,6 +137,7 @@ __all__ = [
     "parse_time",
     "read_artifact",
     "read_delta_header",
+    "read_graph_io",
     "read_verified",
     "save_private_key",
     "save_public_key",
@@ -135,5 +146,6 @@ __all__ = [
     "sign_manifest",
     "verify_artifact",
     "verify_manifest",
+    "verify_onnx",
     "write_artifact",
 ]

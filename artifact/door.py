@@ -1,9 +1,9 @@
 """The door for a whole artifact: manifest checks, then payload, then the decoded ONNX model.
 
 :func:`verify_artifact` chains the steps of :mod:`artifact.verify` in the order DESIGN.md fixes and
-returns the verified ONNX bytes; callers that stream (the agent's download) use the same pieces,
-:func:`~artifact.verify.verify_manifest` and :class:`~artifact.verify.DigestCheck`, then
-:func:`decode_verified`.
+returns the verified ONNX bytes. Callers that stream (the agent's download) verify the manifest with
+:func:`~artifact.verify.verify_manifest`, then install through :mod:`artifact.install`, which is
+also what this door runs after the manifest checks.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .codec import decode_payload
 from .container import ArtifactFile, artifact_bytes, read_artifact
 from .errors import ManifestError
+from .install import install_full
 from .keys import Signature, SigningKey
 from .manifest import Manifest
 from .verify import TrustPolicy, VerifiedManifest, check_bytes, verify_manifest
@@ -48,14 +48,6 @@ def seal_artifact(manifest: Manifest, payload: bytes, keys: Sequence[SigningKey]
     return artifact_bytes(data, sigs, payload)
 
 
-def decode_verified(verified: VerifiedManifest, payload: bytes) -> bytes:
-    """Decode a payload whose length and sha256 already passed, then check the ONNX bytes."""
-    m = verified.manifest
-    onnx_bytes = decode_payload(payload, encoding=m.payload.encoding, max_length=m.onnx.length)
-    check_bytes(onnx_bytes, length=m.onnx.length, sha256=m.onnx.sha256, what="decoded ONNX model")
-    return onnx_bytes
-
-
 def verify_artifact(
     artifact: bytes | ArtifactFile,
     *,
@@ -74,6 +66,4 @@ def verify_artifact(
         installed_version=installed_version,
         now=now,
     )
-    p = verified.manifest.payload
-    check_bytes(parts.payload, length=p.length, sha256=p.sha256, what="payload")
-    return VerifiedArtifact(verified, parts.payload, decode_verified(verified, parts.payload))
+    return VerifiedArtifact(verified, parts.payload, install_full(verified, parts.payload))

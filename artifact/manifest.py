@@ -28,9 +28,10 @@ from .errors import ManifestError
 
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 64 * 1024
-MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # the model names every part accepts
+SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"  # a sha256 digest as manifests, URLs and blob names write it
 
-Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Sha256Hex = Annotated[str, StringConstraints(pattern=SHA256_HEX_PATTERN)]
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME_PATTERN)]
 _RFC3339_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
 

@@ -1,9 +1,10 @@
 """The one verification door.
 
 Every consumer — the server when an artifact is uploaded, the agent before it installs one — goes
-through these functions, and nothing else in the code base checks signatures, expiry, versions,
-lengths or hashes. The door does no I/O: callers fetch bytes and hand them in, possibly chunk by
-chunk, and get a verified object back or an :class:`~artifact.errors.ArtifactError` subclass.
+through these functions and the install checks built on them (:mod:`artifact.install`), and nothing
+else in the code base checks signatures, expiry, versions, lengths or hashes. The door does no I/O:
+callers fetch bytes and hand them in, possibly chunk by chunk, and get a verified object back or an
+:class:`~artifact.errors.ArtifactError` subclass.
 
 Order of the checks (DESIGN.md): schema → expected model → signature threshold over trusted keys →
 expiry → downgrade → length (while streaming: never reads past it) → sha256. The payload is then

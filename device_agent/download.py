@@ -1,11 +1,13 @@
 """Resumable, length-capped downloads into DIR/downloads (STYLE.md 4).
 
-Bytes stream into `<sha256>.part`; every chunk passes the door's :class:`artifact.DigestCheck`
-*before* it is written, so the file never holds a byte past the signed (or offered) length, and
+Bytes stream into `<sha256>.part`; every chunk passes an :class:`artifact.StreamVerifier` *before*
+it is written, so the file never holds a byte past the signed (or offered) length, and
 :class:`artifact.TooLongError` stops the transfer at the first extra chunk. The partial file
-survives a restart and is resumed with `Range: bytes=N-`: its bytes are re-hashed from disk
-first, so resumption costs a read, never trust. A server that ignores the range (200) restarts the
-file; one that answers 416 means our partial is bogus, and it is dropped.
+survives a restart and is resumed with `Range: bytes=N-`: its bytes go through the verifier from
+disk first, so resumption costs a read, never trust. The verifier's :class:`artifact.VerifiedBytes`
+are kept for :meth:`DownloadDir.read`, so that the install does not hash them a second time; a
+blob found on disk (after a restart) passes a verifier once when it is read. A server that ignores
+the range (200) restarts the file; one that answers 416 means our partial is bogus, and it is dropped.
 
 A resumed file that fails its hash may have been damaged by the crash that interrupted it (a
 power cut can leave zeros in a file's tail), so it is fetched once more from byte zero before the
@@ -43,6 +45,7 @@ class DownloadDir:
     def __init__(self, root: Path, *, durable: bool = True) -> None:
         self.root = root
         self.durable = durable
+        self._verified: dict[str, A.VerifiedBytes] = {}  # blobs this process verified, until read
         root.mkdir(parents=True, exist_ok=True)
 
     def part(self, sha256: str) -> Path:
@@ -57,17 +60,26 @@ class DownloadDir:
         except FileNotFoundError:
             return 0
 
-    def read(self, sha256: str, *, length: int, what: str) -> bytes | None:
-        """A completed download, checked again through the door (it sat on disk); None if it is gone."""
+    def read(self, sha256: str, *, length: int, what: str) -> A.VerifiedBytes | None:
+        """A completed download: as verified while it arrived, or checked again from disk; None if it is gone."""
+        verified = self._verified.pop(sha256, None)
+        if verified is not None and verified.length == length and self.blob(sha256).exists():
+            return verified
         try:
-            data = self.blob(sha256).read_bytes()
+            return self._verify_file(self.blob(sha256), A.StreamVerifier(length, sha256, what))
         except FileNotFoundError:
             return None
-        A.check_bytes(data, length=length, sha256=sha256, what=what)
-        return data
+
+    @staticmethod
+    def _verify_file(path: Path, check: A.StreamVerifier) -> A.VerifiedBytes:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                check.update(chunk)
+        return check.finish()
 
     def clear(self, keep: set[str] | None = None) -> None:
         """Remove every download except those named in `keep` (sha256s)."""
+        self._verified = {k: v for k, v in self._verified.items() if keep and k in keep}
         for path in self.root.iterdir():
             if keep and path.name.split(".", 1)[0] in keep:
                 continue
@@ -87,15 +99,16 @@ class DownloadDir:
         """The verified file for (`length`, `sha256`), fetched or resumed as needed."""
         done = self.blob(sha256)
         if done.exists():
-            A.check_bytes(done.read_bytes(), length=length, sha256=sha256, what=what)
+            if sha256 not in self._verified:
+                self._verified[sha256] = self._verify_file(done, A.StreamVerifier(length, sha256, what))
             return DownloadResult(done, 0, length)
         part = self.part(sha256)
-        check, have = self._resume(part, A.DigestCheck(length, sha256, what))
+        check, have = self._resume(part, A.StreamVerifier(length, sha256, what))
         resumed_from, received = have, 0
         if have < length:
             check, received = await self._stream(client, url, part, check, have, progress)
         try:
-            check.finish()
+            verified = check.finish()
         except A.HashMismatchError:
             part.unlink(missing_ok=True)
             if resumed_from:
@@ -105,10 +118,11 @@ class DownloadDir:
             with part.open("rb") as f:
                 os.fsync(f.fileno())
         os.replace(part, done)
+        self._verified[sha256] = verified
         return DownloadResult(done, received, resumed_from)
 
     @staticmethod
-    def _resume(part: Path, check: A.DigestCheck) -> tuple[A.DigestCheck, int]:
+    def _resume(part: Path, check: A.StreamVerifier) -> tuple[A.StreamVerifier, int]:
         """Feed an existing partial file through `check`; drop it if it is already too long."""
         try:
             with part.open("rb") as f:
@@ -118,7 +132,7 @@ class DownloadDir:
             return check, 0
         except A.TooLongError:
             part.unlink(missing_ok=True)
-            return A.DigestCheck(check.length, check.sha256, check.what), 0
+            return check.restarted(), 0
         return check, check.received
 
     async def _stream(
@@ -126,10 +140,10 @@ class DownloadDir:
         client: ServerClient,
         url: str,
         part: Path,
-        check: A.DigestCheck,
+        check: A.StreamVerifier,
         have: int,
         progress: Progress | None,
-    ) -> tuple[A.DigestCheck, int]:
+    ) -> tuple[A.StreamVerifier, int]:
         received = 0
         async with client.open_blob(url, have) as response:
             if response.status == 416:
@@ -137,7 +151,7 @@ class DownloadDir:
                 raise TransientError(f"{check.what}: server refused to resume at byte {have}; restarting")
             if response.start != have:  # 200 to a ranged request: the server sends everything again
                 part.unlink(missing_ok=True)
-                check = A.DigestCheck(check.length, check.sha256, check.what)
+                check = check.restarted()
             last = time.monotonic()
             with part.open("ab") as f:
                 async for chunk in response.chunks:

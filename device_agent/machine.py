@@ -135,16 +135,14 @@ async def verifying(dev: Device) -> State:
     data = dev.downloads.read(sha256, length=length, what=what)
     if data is None:
         return State.DOWNLOADING
-    m = verified.manifest
     if job.source == "delta":
         base_slot = dev.slots.active()
         if base_slot is None:
             raise OfferError("a delta needs an installed model to apply to")
         base = dev.slots.read_onnx(base_slot)
-        onnx = await asyncio.to_thread(A.apply_delta, base, data)
-        A.check_bytes(onnx, length=m.onnx.length, sha256=m.onnx.sha256, what="rebuilt ONNX model")
+        onnx = await asyncio.to_thread(A.install_delta, verified, base, data.data)
     else:
-        onnx = await asyncio.to_thread(A.decode_verified, verified, data)
+        onnx = await asyncio.to_thread(A.install_full, verified, data)
     dev.emit("verified", job.version)
     dev.staged = (verified, onnx)
     dev.verified_wall = datetime.now(UTC)

@@ -157,9 +157,7 @@ class SlotStore:
                 raise SlotError(f"slot {slot}: {e}") from e
         # installed_version=None: the installed version must not count as a downgrade of itself.
         verified = A.verify_manifest(manifest_bytes, signatures, trust=trust, expected_model=model, now=verified_at)
-        o = verified.manifest.onnx
-        A.check_bytes(onnx, length=o.length, sha256=o.sha256, what=f"slot {slot} ONNX model")
-        return SlotContent(slot, verified, onnx)
+        return SlotContent(slot, verified, A.verify_onnx(verified, onnx, what=f"slot {slot} ONNX model"))
 
     def version(self, slot: str) -> int | None:
         """The version a slot claims, unverified: for status displays only."""

@@ -85,24 +85,20 @@ def golden_set(
 
 def onnx_info(onnx_bytes: bytes) -> dict[str, Any]:
     """The manifest's `onnx` block read from the model itself."""
-    model = onnx.load_model_from_string(onnx_bytes)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    graph = model.graph
-    initializers = {t.name for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) != 1:
+    io = A.read_graph_io(onnx.load_model_from_string(onnx_bytes))
+    if len(io.inputs) != 1 or len(io.outputs) != 1:
         raise PackageError("the model must have exactly one input and one output")
+    (graph_input,), (graph_output,) = io.inputs, io.outputs
 
-    def dims(value: onnx.ValueInfoProto) -> list[int | str]:
-        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+    def dims(value: A.TensorIO) -> list[int | str]:
+        return [0 if d is None else d for d in value.shape]  # an unset dimension is written as 0
 
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type).name
     return {
         "length": len(onnx_bytes),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-        "opset": opset,
-        "input": {"name": inputs[0].name, "shape": dims(inputs[0]), "dtype": dtype},
-        "output": {"name": graph.output[0].name, "shape": dims(graph.output[0])},
+        "opset": io.opset or 0,
+        "input": {"name": graph_input.name, "shape": dims(graph_input), "dtype": graph_input.dtype},
+        "output": {"name": graph_output.name, "shape": dims(graph_output)},
     }
 
 

@@ -8,11 +8,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+import artifact as A
+
 MAX_INT = 2**31 - 1
-MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MODEL_NAME = A.MODEL_NAME_PATTERN
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
-SHA256 = r"^[0-9a-f]{64}$"
+SHA256 = A.SHA256_HEX_PATTERN
 
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID)]

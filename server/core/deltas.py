@@ -11,11 +11,13 @@ each process caches them after one read.
 
 A delta is stored only if it is smaller than ``OTA_DELTA_MAX_RATIO`` (60 %) of the full payload;
 otherwise the row records it as `oversize` and devices keep getting the full payload. Before
-storing, the delta is applied to its base and must give back the new model byte for byte.
+storing, the delta goes through the device's own install check (:func:`artifact.install_delta`):
+applied to its base, it must rebuild the model the new version's manifest signs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -138,8 +140,7 @@ class DeltaService:
         try:
             old_onnx, new_onnx = self._onnx(old), self._onnx(new)
             delta = A.make_delta(old_onnx, new_onnx)
-            if A.apply_delta(old_onnx, delta) != new_onnx:
-                raise A.DeltaResultError("the delta does not rebuild the new model")
+            A.install_delta(_published(new), old_onnx, delta)
         except A.ArtifactError as e:
             state = DeltaState("failed")
             error: str | None = f"{type(e).__name__}: {e}"[:500]
@@ -186,12 +187,17 @@ class DeltaService:
 
     def _onnx(self, version: ModelVersion) -> bytes:
         """The decoded model of a version: its stored ONNX blob, or rebuilt from the payload if that is gone."""
+        published = _published(version)
         try:
             data = self.storage.get(version.onnx_sha256)
         except BlobNotFoundError:
-            payload = self.storage.get(version.payload_sha256)
-            A.check_bytes(payload, length=version.payload_length, sha256=version.payload_sha256, what="stored payload")
-            data = A.decode_payload(payload, encoding=version.payload_encoding, max_length=version.onnx_length)
+            data = A.install_full(published, self.storage.get(version.payload_sha256), what="stored payload")
             self.storage.put(data)
-        A.check_bytes(data, length=version.onnx_length, sha256=version.onnx_sha256, what="stored ONNX model")
-        return data
+            return data
+        return A.verify_onnx(published, data, what="stored ONNX model")
+
+
+def _published(version: ModelVersion) -> A.VerifiedManifest:
+    """The manifest the door verified when this version was published (rows are written only after it)."""
+    sigs = tuple(A.Signature.from_dict(s) for s in json.loads(version.signatures))
+    return A.VerifiedManifest(A.parse_manifest(version.manifest_bytes), version.manifest_bytes, sigs)

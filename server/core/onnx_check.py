@@ -10,22 +10,10 @@ from __future__ import annotations
 
 import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-from onnx import helper
 
 import artifact as A
 
 from ..errors import InvalidArtifactError
-
-
-def _dims(value_info: onnx.ValueInfoProto) -> list[int | str | None]:
-    shape = value_info.type.tensor_type.shape
-    out: list[int | str | None] = []
-    for d in shape.dim:
-        if d.HasField("dim_value"):
-            out.append(d.dim_value)
-        else:
-            out.append(d.dim_param or None)
-    return out
 
 
 def _shape_matches(declared: list[int | str], actual: list[int | str | None]) -> bool:
@@ -54,30 +42,28 @@ def check_model(onnx_bytes: bytes, info: A.OnnxInfo) -> None:
     except (onnx.checker.ValidationError, ValueError, TypeError) as e:
         raise _refuse(f"the ONNX model does not load: {(str(e).splitlines() or [''])[0][:300]}") from e
 
-    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-    if opsets.get("ai.onnx") != info.opset:
-        raise _refuse(f"the model imports opset {opsets.get('ai.onnx')}, the manifest says {info.opset}")
+    io = A.read_graph_io(model)
+    if io.opset != info.opset:
+        raise _refuse(f"the model imports opset {io.opset}, the manifest says {info.opset}")
 
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
+    inputs = {i.name: i for i in io.inputs}
     graph_input = inputs.get(info.input.name)
     if graph_input is None:
         raise _refuse(f"the model has no input {info.input.name!r} (inputs: {', '.join(inputs) or 'none'})")
-    elem = graph_input.type.tensor_type.elem_type
     try:
-        dtype = helper.tensor_dtype_to_np_dtype(elem).name
+        dtype = graph_input.dtype
     except (KeyError, ValueError) as e:
-        raise _refuse(f"input {info.input.name!r} has an unsupported element type {elem}") from e
+        raise _refuse(f"input {info.input.name!r} has an unsupported element type {graph_input.elem_type}") from e
     if dtype != info.input.dtype:
         raise _refuse(f"input {info.input.name!r} is {dtype}, the manifest says {info.input.dtype}")
-    if not _shape_matches(info.input.shape, _dims(graph_input)):
-        raise _refuse(f"input {info.input.name!r} has shape {_dims(graph_input)}, the manifest says {info.input.shape}")
+    if not _shape_matches(info.input.shape, graph_input.shape):
+        raise _refuse(f"input {info.input.name!r} has shape {graph_input.shape}, the manifest says {info.input.shape}")
 
-    outputs = {o.name: o for o in model.graph.output}
+    outputs = {o.name: o for o in io.outputs}
     graph_output = outputs.get(info.output.name)
     if graph_output is None:
         raise _refuse(f"the model has no output {info.output.name!r} (outputs: {', '.join(outputs) or 'none'})")
-    if not _shape_matches(info.output.shape, _dims(graph_output)):
+    if not _shape_matches(info.output.shape, graph_output.shape):
         raise _refuse(
-            f"output {info.output.name!r} has shape {_dims(graph_output)}, the manifest says {info.output.shape}"
+            f"output {info.output.name!r} has shape {graph_output.shape}, the manifest says {info.output.shape}"
         )

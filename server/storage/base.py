@@ -13,9 +13,11 @@ import hashlib
 import re
 from collections.abc import Iterator
 
+import artifact as A
+
 from ..errors import BlobNotFoundError
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(A.SHA256_HEX_PATTERN)
 CHUNK = 256 * 1024
 
 

@@ -161,3 +161,18 @@ def test_garbled_offer_is_a_protocol_error_not_a_verdict(broken: dict[str, objec
     body.update(broken)
     with pytest.raises(ProtocolError):
         parse_offer(body, etag=None)
+
+
+def test_completed_download_read_after_a_restart_is_verified_again_from_disk(tmp_path: Path) -> None:
+    """The bytes a download verified are handed on as they were checked; after a restart, the blob on
+    disk is checked again before it is installed."""
+    _fetch(tmp_path, _serve(BLOB))
+    restarted = DownloadDir(tmp_path / "dl")
+    got = restarted.read(SHA, length=len(BLOB), what="payload")
+    assert got is not None and (got.data, got.sha256) == (BLOB, SHA)
+    blob = restarted.blob(SHA)
+    blob.write_bytes(BLOB[:-1] + b"\0")
+    with pytest.raises(A.HashMismatchError, match="payload sha256"):
+        DownloadDir(tmp_path / "dl").read(SHA, length=len(BLOB), what="payload")
+    blob.unlink()
+    assert DownloadDir(tmp_path / "dl").read(SHA, length=len(BLOB), what="payload") is None
