@@ -2,7 +2,9 @@
 
 It speaks the device half of the wire API (enroll, update, events, blobs with Range) and lets a
 test tamper with anything: the offer JSON (`offer_hook`), the bytes served for a blob
-(`blob_override`), the pace of a download (`throttle`), the events endpoint's answer.
+(`blob_override`), the pace of a download (`throttle`), the events endpoint's answer. Left alone,
+it answers like the real server: the same status codes, answer bodies and problem documents
+(`test_contract.py` holds it to that); tests that need an honest server use the real one.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FakeServer:
         self.strict_events = False  # 422 for any field beyond DESIGN.md's, like a server with extra="forbid"
         self.enrollments: list[dict[str, Any]] = []
         self.tokens: dict[str, str] = {}
+        self.devices: dict[str, dict[str, Any]] = {}  # device_id → its status and installed_version
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._httpd: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -151,12 +154,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
-        self.send_header("Content-Type", "application/json" if status < 400 else "application/problem+json")
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(data)
+
+    def _problem(self, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        """An RFC 9457 problem document, as the real server answers every error."""
+        data = json.dumps({"type": f"urn:ota:problem:{slug}", "title": title, "status": status, "detail": detail})
+        self.send_response(status)
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+    def _unauthenticated(self) -> None:
+        self._problem(401, "unauthenticated", "Authentication required", "unknown or revoked device token")
 
     def _device(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -170,39 +187,56 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"null")
         path = urlsplit(self.path).path
         if path == "/v1/devices/enroll":
-            if body.get("enrollment_secret") != SECRET:
-                self._json(401, {"detail": "wrong enrollment secret"})
-                return
-            device_id = body.get("device_id") or f"dev-{secrets.token_hex(4)}"
-            token = secrets.token_urlsafe(16)
-            with self.fake._lock:
-                self.fake.enrollments.append(body)
-                self.fake.tokens[token] = device_id
-            self._json(201, {"device_id": device_id, "token": token})
+            self._enroll(body)
         elif path == "/v1/device/events":
-            if self._device() is None:
-                self._json(401, {"detail": "bad token"})
+            device = self._device()
+            if device is None:
+                self._unauthenticated()
             elif self.fake.events_status is not None:
-                self._json(self.fake.events_status, {"detail": "forced"})
+                self._problem(self.fake.events_status, "forced", "Forced", "events_status is set")
             elif any(e.get("type") in self.fake.reject_types for e in body) or (
                 self.fake.strict_events and any(set(e) - STRICT_FIELDS for e in body)
             ):
-                self._json(422, {"detail": "invalid event"})
+                self._problem(422, "invalid-request", "Invalid request", "body: an event this server refuses")
             else:
-                device = self._device()
-                self.fake.events.extend({**e, "device_id": device} for e in body)
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
+                with self.fake._lock:
+                    self.fake.events.extend({**e, "device_id": device} for e in body)
+                    state = self.fake.devices[device]
+                    for e in body:  # what the real server folds into the device (fleet.apply_events)
+                        if e.get("type") != "metrics":
+                            state["status"] = e.get("type")
+                            if e.get("type") == "installed":
+                                state["installed_version"] = e.get("version")
+                        if e.get("installed_version") is not None:
+                            state["installed_version"] = e["installed_version"]
+                    answer = {"recorded": len(body), **state}
+                self._json(200, answer)
         else:
-            self._json(404, {"detail": "no such endpoint"})
+            self._problem(404, "not-found", "Not found", "Not Found")
+
+    def _enroll(self, body: dict[str, Any]) -> None:
+        if body.get("enrollment_secret") != SECRET:
+            self._problem(403, "enrollment-refused", "Enrollment refused", "the enrollment secret is wrong")
+            return
+        device_id = body.get("device_id") or f"dev-{secrets.token_hex(4)}"
+        with self.fake._lock:
+            if device_id in self.fake.devices:
+                detail = f"device {device_id!r} is already enrolled; an admin must delete it before it can enroll again"
+                self._problem(409, "device-exists", "Device already enrolled", detail)
+                return
+            token = secrets.token_urlsafe(16)
+            self.fake.enrollments.append(body)
+            self.fake.tokens[token] = device_id
+            self.fake.devices[device_id] = {"status": "enrolled", "installed_version": None}
+        interval = self.fake.poll_interval
+        self._json(201, {"device_id": device_id, "model": body.get("model"), "token": token, "poll_interval": interval})
 
     def do_GET(self) -> None:
         self._record()
         parts = urlsplit(self.path)
         if parts.path == "/v1/device/update":
             if self._device() is None:
-                self._json(401, {"detail": "bad token"})
+                self._unauthenticated()
                 return
             current = parse_qs(parts.query).get("current_version", [None])[0]
             offer = self.fake.offer(None if current is None else int(current))
@@ -219,22 +253,24 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path.startswith("/v1/blobs/"):
             self._blob(parts.path.removeprefix("/v1/blobs/"))
         else:
-            self._json(404, {"detail": "no such endpoint"})
+            self._problem(404, "not-found", "Not found", "Not Found")
 
     def _blob(self, sha: str) -> None:
         if self._device() is None:
-            self._json(401, {"detail": "bad token"})
+            self._problem(401, "unauthenticated", "Authentication required", "unknown or revoked token")
             return
         data = self.fake.blob_override.get(sha, self.fake.blobs.get(sha))
         if data is None:
-            self._json(404, {"detail": "no such blob"})
+            self._problem(404, "blob-not-found", "Blob not found", f"no blob {sha}")
             return
         start = 0
         ranged = self.headers.get("Range")
         if ranged and not self.fake.ignore_range:
             start = int(ranged.removeprefix("bytes=").split("-")[0])
             if start >= len(data):
-                self._json(416, {"detail": "range not satisfiable"})
+                detail = f"range starts at byte {start}, past the end of a {len(data)}-byte blob"
+                headers = {"Content-Range": f"bytes */{len(data)}"}
+                self._problem(416, "range-not-satisfiable", "Range not satisfiable", detail, headers)
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
