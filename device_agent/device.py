@@ -37,7 +37,6 @@ from .slots import SLOTS, SlotContent, SlotStore, other
 from .state import Persisted, State, StateStore
 
 log = logging.getLogger(__name__)
-CRASH_AT_ENV = "DEVICE_AGENT_CRASH_AT"  # test seam: kill -9 this process at a named point
 
 
 def _lower_priority(niceness: int) -> None:
@@ -192,8 +191,8 @@ class Device:
             self._slot_write.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def crash_point(self, name: str) -> None:
-        """Test seam: with DEVICE_AGENT_CRASH_AT=name the process kills itself (SIGKILL) right here."""
-        if os.environ.get(CRASH_AT_ENV) == name:
+        """Test seam: with `config.crash_at == name` the process kills itself (SIGKILL) right here."""
+        if self.config.crash_at == name:
             log.warning("crash point %s reached: killing this process", name)
             os.kill(os.getpid(), signal.SIGKILL)
 
