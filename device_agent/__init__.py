@@ -1,7 +1,18 @@
 """Device agent: poll, fetch, verify, validate and hot-swap ONNX models; a fleet simulator.
 
 Installs with `pip install .[agent]` alone: it imports `artifact`, onnxruntime, httpx, numpy,
-pillow and the standard library, never torch or the server. Everything public is named here.
+pillow and the standard library, never torch or the server. Everything public is named here:
+
+- :class:`Agent` and its :class:`AgentConfig`: one device, `run()` in an event loop, `predict` from any thread;
+- :class:`InferenceServer`: the `--serve` HTTP endpoint (POST /predict, GET /status) around an agent;
+- :func:`run_fleet` with :class:`FleetOptions` → :class:`FleetReport`: the fleet simulator;
+- :func:`main`: the `device-agent` command line;
+- :class:`AgentError`, the base of everything the agent raises, and the errors a caller handles:
+  :class:`EnrollmentError` and :class:`DirectoryLockedError` from `Agent.run`, :class:`InferenceError`
+  (:class:`NoModelError`, :class:`BadImageError`) from `Agent.predict`.
+
+Everything else (the state machine, slots, downloads, events, the error policy) is internal: import
+it from its module (`device_agent.errors`, `device_agent.policy` …) and expect it to change.
 
     agent = Agent(AgentConfig(server=..., model="shapes", model_dir=Path("/var/lib/ota"), trust=...))
     asyncio.run(agent.run())          # in one thread …
@@ -9,68 +20,31 @@ pillow and the standard library, never torch or the server. Everything public is
 """
 
 from .agent import Agent
+from .cli import main
 from .config import AgentConfig
-from .device import Device
 from .errors import (
     AgentError,
-    AuthError,
     BadImageError,
-    CrashLoopError,
     DirectoryLockedError,
     EnrollmentError,
     InferenceError,
-    NetworkError,
     NoModelError,
-    OfferError,
-    PayloadTooLargeError,
-    ProtocolError,
-    RejectedError,
-    ServerBusyError,
-    SlotError,
-    TransientError,
-    ValidationFailedError,
 )
-from .holder import ModelHolder
-from .policy import Backoff, Disposition, Verdict, classify
-from .runtime import LoadedModel
 from .serve import InferenceServer
-from .sessions import LocalRuntime, Runtime, SharedRuntime
 from .simulate import FleetOptions, FleetReport, run_fleet
-from .state import State
 
 __all__ = [
     "Agent",
     "AgentConfig",
     "AgentError",
-    "AuthError",
-    "Backoff",
     "BadImageError",
-    "CrashLoopError",
-    "Device",
     "DirectoryLockedError",
-    "Disposition",
     "EnrollmentError",
     "FleetOptions",
     "FleetReport",
     "InferenceError",
     "InferenceServer",
-    "LoadedModel",
-    "LocalRuntime",
-    "ModelHolder",
-    "NetworkError",
     "NoModelError",
-    "OfferError",
-    "PayloadTooLargeError",
-    "ProtocolError",
-    "RejectedError",
-    "Runtime",
-    "ServerBusyError",
-    "SharedRuntime",
-    "SlotError",
-    "State",
-    "TransientError",
-    "ValidationFailedError",
-    "Verdict",
-    "classify",
+    "main",
     "run_fleet",
 ]

@@ -16,10 +16,13 @@ import httpx
 from PIL import Image
 
 from .config import AgentConfig
-from .device import Device, update_executor
+from .device import Device
+from .enroll import ensure_credentials
 from .errors import NoModelError, TransientError
 from .machine import run_machine
 from .sessions import LocalRuntime, Runtime
+from .status import status
+from .workers import update_executor
 
 log = logging.getLogger(__name__)
 USER_AGENT = "ota-device-agent/0.1"
@@ -58,7 +61,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         if self._device is None:
             return {"model": self.config.model, "version": None, "state": "starting"}
-        return self._device.status()
+        return status(self._device)
 
     def stop(self) -> None:
         """Ask a running agent to stop; safe from any thread and from signal handlers."""
@@ -84,19 +87,19 @@ class Agent:
                 if device.stopping:
                     device.record.clean_exit = True
                     device.save()
-                await device.flush_events(timeout=2.0)
+                await device.reporter.flush(timeout=2.0)
                 device.close()
 
     async def _serve(self, device: Device) -> None:
         try:
-            await device.ensure_credentials()
+            await ensure_credentials(device)
         except TransientError:
             if device.stopping:
                 return
             raise
         tasks = [
             asyncio.create_task(run_machine(device), name="update-machine"),
-            asyncio.create_task(device.report_forever(), name="event-reporter"),
+            asyncio.create_task(device.reporter.report_forever(), name="event-reporter"),
             asyncio.create_task(device.wait_stopped(), name="stop"),
         ]
         try:

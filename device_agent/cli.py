@@ -24,7 +24,7 @@ from pathlib import Path
 import artifact as A
 
 from .agent import Agent
-from .config import AgentConfig, default_threads
+from .config import CRASH_AT_ENV, AgentConfig, default_threads
 from .errors import DirectoryLockedError, EnrollmentError
 from .serve import InferenceServer, parse_address
 from .simulate import FleetOptions, format_report, run_fleet
@@ -142,6 +142,7 @@ def _run_config(args: argparse.Namespace, secret: str | None) -> AgentConfig:
         metrics_interval=args.metrics_interval,
         threads=args.threads,
         update_niceness=args.update_niceness,
+        crash_at=os.environ.get(CRASH_AT_ENV) or None,
     )
 
 

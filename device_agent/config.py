@@ -9,6 +9,9 @@ from pathlib import Path
 
 import artifact as A
 
+# Test seam (the kill -9 tests): `device-agent run` reads it into `AgentConfig.crash_at`.
+CRASH_AT_ENV = "DEVICE_AGENT_CRASH_AT"
+
 
 def default_threads() -> int:
     """Intra-op threads per inference. One: a device's parallelism comes from concurrent requests
@@ -41,6 +44,7 @@ class AgentConfig:
     update_niceness: int = 0  # >0: update work yields the CPU to /predict (slower swaps, flatter tail)
     durable: bool = True  # fsync state, slots and events (the simulator turns it off)
     http_timeout: float = 30.0
+    crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.metrics_interval <= 0:

@@ -8,10 +8,13 @@
                                               fatal     ─▶ `failed` event, old model kept ─▶ idle
                                               fatal in a delta ─▶ downloading the full payload, once
 
-One small function per state does its work and returns the next state; none catches anything.
-The runner persists the state before each step and sends every exception to :func:`handle_error`,
-the single place that applies :func:`device_agent.policy.classify`. On start, :func:`resume` picks
-the state to continue from and counts the crash; past the cap the version fails with `crash_loop`.
+One small function per state does its work and returns the next state with the
+:class:`~device_agent.install.Install` it hands on (None once the install ended); none catches
+anything. The runner persists the state before each step and sends every exception to
+:func:`handle_error`, the single place that applies :func:`device_agent.policy.classify`. On start,
+:func:`resume` picks the state to continue from and counts the crash; past the cap the version
+fails with `crash_loop`. The persisted record decides whether an install is in flight: a step that
+accepted an offer and then raised never returned its install, so the runner takes it from there.
 """
 
 from __future__ import annotations
@@ -20,25 +23,50 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import artifact as A
 
 from .device import Device
 from .errors import CrashLoopError, OfferError, SlotError
+from .install import Install
 from .policy import classify
 from .protocol import Offer, now_rfc3339
 from .state import Job, State
 
 log = logging.getLogger(__name__)
-Step = Callable[[Device], Awaitable[State]]
+Next = tuple[State, Install | None]  # the next state, and the install it works on
+Step = Callable[[Device, Install | None], Awaitable[Next]]
 
 
-def _job(dev: Device) -> Job:
+def _need(dev: Device, install: Install | None) -> Install:
+    if install is None:
+        raise RuntimeError(f"state {dev.state} needs an update in progress")
+    return install
+
+
+def _held(dev: Device, install: Install | None) -> Install | None:
+    """The install for the job the persisted record names: the one in hand, or a new one for it."""
     job = dev.record.job
     if job is None:
-        raise RuntimeError(f"state {dev.state} needs an update in progress")
-    return job
+        return None
+    return install if install is not None and install.job is job else Install(job)
+
+
+def verify_offer(dev: Device, offer: Offer) -> A.VerifiedManifest:
+    """Door checks 1–5 on the offered manifest, against the version being served now."""
+    verified = A.verify_manifest(
+        offer.manifest_bytes,
+        offer.signatures,
+        trust=dev.config.trust,
+        expected_model=dev.config.model,
+        installed_version=dev.holder.version,
+    )
+    m = verified.manifest
+    if (offer.model, offer.version) != (m.model, m.version):
+        raise OfferError(f"offer names {offer.model} v{offer.version}, its signed manifest {m.model} v{m.version}")
+    return verified
 
 
 def _choose_source(dev: Device, offer: Offer, verified: A.VerifiedManifest) -> str:
@@ -52,15 +80,15 @@ def _choose_source(dev: Device, offer: Offer, verified: A.VerifiedManifest) -> s
     return "delta" if usable and dev.slots.active() is not None else "full"
 
 
-def _finish_job(dev: Device, *, refused: bool) -> None:
-    """End the job. A refused offer's ETag is kept, so that the server may answer 304 while it stands."""
-    job = _job(dev)
+def _finish_job(dev: Device, install: Install, *, refused: bool) -> None:
+    """End the job; its in-memory data ends with `install`, which no state receives again.
+
+    A refused offer's ETag is kept, so that the server may answer 304 while it stands.
+    """
+    job = install.job
     dev.record.etag, dev.record.etag_version = (job.offer.etag, job.from_version) if refused else (None, None)
     dev.record.job = None
     dev.record.crashes = {}
-    dev.staged = dev.candidate = None
-    dev.verified_at = dev.progress = dev.verified_wall = None
-    dev.abandon_slot_write()
     dev.downloads.clear()
     dev.save()
 
@@ -74,45 +102,48 @@ def _blob(job: Job, verified: A.VerifiedManifest) -> tuple[str, int, str, str]:
     return job.offer.download.url, p.length, p.sha256, "payload"
 
 
-def _mark(dev: Device, job: Job, name: str) -> None:
+def _mark(install: Install, name: str) -> None:
     """Milliseconds since the ONNX bytes passed the door: where an install spends its time."""
-    if dev.verified_at is not None:
-        job.timings[name] = (time.perf_counter() - dev.verified_at) * 1000
+    if install.verified_at is not None:
+        install.job.timings[name] = (time.perf_counter() - install.verified_at) * 1000
 
 
-async def idle(dev: Device) -> State:
+async def idle(dev: Device, install: Install | None) -> Next:
     await dev.sleep(dev.poll_delay())
-    return State.CHECKING
+    return State.CHECKING, install
 
 
-async def checking(dev: Device) -> State:
-    rec, job = dev.record, dev.record.job
+async def checking(dev: Device, install: Install | None) -> Next:
+    rec = dev.record
     current = dev.holder.version
-    offer = await dev.client.poll(current, rec.etag if job is None and rec.etag_version == current else None)
+    offer = await dev.client.poll(current, rec.etag if install is None and rec.etag_version == current else None)
     dev.backoff.reset()
     if offer is not None and offer.poll_interval:
         rec.poll_interval = offer.poll_interval
-    if job is not None:
+    if install is not None:
+        job = install.job
         if offer is not None and offer.version == job.version and offer.manifest_bytes == job.offer.manifest_bytes:
             job.offer = offer  # fresh URLs (presigned ones expire); what is on disk still counts
-            return State.DOWNLOADING
+            return State.DOWNLOADING, install
         log.info("the server no longer offers v%d; dropping it", job.version)
-        _finish_job(dev, refused=False)
+        _finish_job(dev, install, refused=False)
     if offer is None:
-        return State.IDLE
+        return State.IDLE, None
     if offer.version in rec.failed or offer.version == dev.holder.version:
         rec.etag, rec.etag_version = offer.etag, current  # judged already: let the server answer 304 from now on
-        return State.IDLE
-    rec.job = job = Job(offer, from_version=dev.holder.version)
+        return State.IDLE, None
+    install = Install(Job(offer, from_version=dev.holder.version))  # the offer is accepted: an install begins
+    rec.job = job = install.job
     dev.emit("checking", offer.version)
-    verified = dev.verify(offer)  # door checks 1–5 before a byte is downloaded
+    verified = verify_offer(dev, offer)  # door checks 1–5 before a byte is downloaded
     job.source = _choose_source(dev, offer, verified)
-    return State.DOWNLOADING
+    return State.DOWNLOADING, install
 
 
-async def downloading(dev: Device) -> State:
-    job = _job(dev)
-    verified = dev.verify(job.offer)  # door checks 1–5 again: after a restart nothing in memory is trusted
+async def downloading(dev: Device, install: Install | None) -> Next:
+    install = _need(dev, install)
+    job = install.job
+    verified = verify_offer(dev, job.offer)  # door checks 1–5 again: after a restart nothing in memory is trusted
     url, length, sha256, what = _blob(job, verified)
     await asyncio.to_thread(dev.runtime.warm, verified)  # golden inputs: they need only the manifest
     if job.announced != job.source:
@@ -120,21 +151,22 @@ async def downloading(dev: Device) -> State:
         job.announced = job.source
         dev.save(sync=False)
     result = await dev.downloads.fetch(
-        dev.client, url, length=length, sha256=sha256, what=what, progress=dev.on_progress
+        dev.client, url, length=length, sha256=sha256, what=what, progress=install.progress.update
     )
     job.bytes_received += result.received
     dev.bytes_by_source[job.source] += result.received
-    return State.VERIFYING
+    return State.VERIFYING, install
 
 
-async def verifying(dev: Device) -> State:
+async def verifying(dev: Device, install: Install | None) -> Next:
     """Payload → ONNX (bounded decode), or old ONNX + delta → ONNX; the result is checked against the signed hash."""
-    job = _job(dev)
-    verified = dev.verify(job.offer)
+    install = _need(dev, install)
+    job = install.job
+    verified = verify_offer(dev, job.offer)
     _url, length, sha256, what = _blob(job, verified)
     data = dev.downloads.read(sha256, length=length, what=what)
     if data is None:
-        return State.DOWNLOADING
+        return State.DOWNLOADING, install
     if job.source == "delta":
         base_slot = dev.slots.active()
         if base_slot is None:
@@ -144,28 +176,29 @@ async def verifying(dev: Device) -> State:
     else:
         onnx = await asyncio.to_thread(A.install_full, verified, data)
     dev.emit("verified", job.version)
-    dev.staged = (verified, onnx)
-    dev.verified_wall = datetime.now(UTC)
+    verified_wall = datetime.now(UTC)
     job.slot = dev.slots.inactive()  # persisted by the next state marker, before anything is written there
-    dev.verified_at = time.perf_counter()
-    return State.STAGING
+    staged = replace(install, staged=(verified, onnx), verified_wall=verified_wall, verified_at=time.perf_counter())
+    return State.STAGING, staged
 
 
-async def staging(dev: Device) -> State:
-    job = _job(dev)
-    if dev.staged is None or job.slot is None:  # restarted: the verified bytes were only in memory
-        return State.VERIFYING
-    verified, onnx = dev.staged
-    dev.stage_in_background(job.slot, verified, onnx)  # swapping waits for it; validating needs only memory
-    return State.VALIDATING
+async def staging(dev: Device, install: Install | None) -> Next:
+    install = _need(dev, install)
+    job = install.job
+    if install.staged is None or job.slot is None:  # restarted: the verified bytes were only in memory
+        return State.VERIFYING, install
+    verified, onnx = install.staged
+    write = dev.write_slot(job.slot, verified, onnx)  # swapping waits for it; validating needs only memory
+    return State.VALIDATING, replace(install, slot_write=write)
 
 
-async def validating(dev: Device) -> State:
-    job = _job(dev)
-    if dev.staged is not None:
-        verified, onnx = dev.staged
+async def validating(dev: Device, install: Install | None) -> Next:
+    install = _need(dev, install)
+    job = install.job
+    if install.staged is not None:
+        verified, onnx = install.staged
     elif job.slot is None:
-        return State.VERIFYING
+        return State.VERIFYING, install
     else:  # restarted: validate what is on disk, through the door again
         try:
             content = await asyncio.to_thread(
@@ -173,39 +206,41 @@ async def validating(dev: Device) -> State:
             )
         except (SlotError, A.ArtifactError) as e:
             log.warning("staged slot %s is unusable (%s); staging again", job.slot, e)
-            return State.VERIFYING
+            return State.VERIFYING, install
         if content.version != job.version:
-            return State.VERIFYING
+            return State.VERIFYING, install
         verified, onnx = content.verified, content.onnx
     model, timings = await asyncio.to_thread(dev.runtime.prepare, onnx, verified)
-    dev.staged = None
-    dev.candidate = model
     job.timings.update(session_ms=timings.session_ms, golden_ms=timings.golden.golden_ms)
-    _mark(dev, job, "validated_at_ms")
-    return State.SWAPPING
+    _mark(install, "validated_at_ms")
+    return State.SWAPPING, replace(install, staged=None, candidate=model)
 
 
-async def swapping(dev: Device) -> State:
-    job = _job(dev)
+async def swapping(dev: Device, install: Install | None) -> Next:
+    install = _need(dev, install)
+    job = install.job
     if job.slot is not None and dev.slots.active() == job.slot and dev.holder.version == job.version:
-        return State.REPORTING  # restarted after the pointer moved: boot already serves it
-    if dev.candidate is None or job.slot is None:
-        return State.VALIDATING
-    await dev.slot_on_disk(job.slot)  # never point at a slot that is not on disk
-    _mark(dev, job, "synced_at_ms")
-    dev.slots.mark_validated(job.slot, dev.verified_wall or datetime.now(UTC))
+        return State.REPORTING, install  # restarted after the pointer moved: boot already serves it
+    if install.candidate is None or job.slot is None:
+        return State.VALIDATING, install
+    if install.slot_write is not None:  # never point at a slot that is not on disk
+        await install.slot_write
+    else:  # restarted since staging: make sure it is on disk
+        await asyncio.to_thread(dev.slots.sync, job.slot)
+    _mark(install, "synced_at_ms")
+    dev.slots.mark_validated(job.slot, install.verified_wall or datetime.now(UTC))
     dev.crash_point("swapping:before-pointer")
     dev.slots.activate(job.slot, sync=False)
     dev.crash_point("swapping:after-pointer")
-    dev.holder.swap(dev.candidate)
-    dev.candidate = None
-    _mark(dev, job, "verified_to_serving_ms")
+    dev.holder.swap(install.candidate)
+    _mark(install, "verified_to_serving_ms")
     await asyncio.to_thread(dev.slots.sync_pointer)  # pointer and meta durable before `installed` is reported
-    return State.REPORTING
+    return State.REPORTING, replace(install, candidate=None)
 
 
-async def reporting(dev: Device) -> State:
-    job = _job(dev)
+async def reporting(dev: Device, install: Install | None) -> Next:
+    install = _need(dev, install)
+    job = install.job
     timings = {k: round(v, 3) for k, v in job.timings.items()}
     record = {
         "version": job.version,
@@ -224,8 +259,8 @@ async def reporting(dev: Device) -> State:
         job.bytes_received,
         timings.get("verified_to_serving_ms", float("nan")),
     )
-    _finish_job(dev, refused=False)
-    return State.IDLE
+    _finish_job(dev, install, refused=False)
+    return State.IDLE, None
 
 
 STEPS: dict[State, Step] = {
@@ -269,42 +304,44 @@ def resume(dev: Device) -> State:
     return RESUME[state]
 
 
-async def handle_error(dev: Device, state: State, exc: Exception) -> State:
+async def handle_error(dev: Device, state: State, install: Install | None, exc: Exception) -> Next:
     """The one error handler: retry later, fall back from a delta once, or fail the version."""
-    job = dev.record.job
-    d = classify(exc, in_update=job is not None)
+    install = _held(dev, install)
+    d = classify(exc, in_update=install is not None)
     dev.last_error = {"state": state.value, "reason": d.reason, "detail": d.detail, "at": now_rfc3339()}
     if d.reason == "internal_error":
         log.error("unexpected failure in state %s", state, exc_info=exc)
-    if d.fatal and job is not None:
+    if d.fatal and install is not None:
+        job = install.job
         if job.source == "delta" and state in (State.DOWNLOADING, State.VERIFYING):
             log.warning("delta for v%d refused (%s: %s); fetching the full payload", job.version, d.reason, d.detail)
             job.source, job.delta_refused = "full", f"{d.reason}: {d.detail}"
             dev.save(sync=False)
-            return State.DOWNLOADING
+            return State.DOWNLOADING, install
         log.error(
             "v%d refused in state %s: %s: %s; keeping v%s", job.version, state, d.reason, d.detail, dev.holder.version
         )
         dev.emit("failed", job.version, reason=d.reason, detail=d.detail, state=state.value)
         dev.record.remember_failed(job.version, d.reason)
-        _finish_job(dev, refused=True)
-        return State.IDLE
+        _finish_job(dev, install, refused=True)
+        return State.IDLE, None
     dev.retries += 1
     delay = dev.backoff.next_delay(d.retry_after, slow=d.slow)
     log.warning("%s in state %s: %s; retrying in %.1f s", d.reason, state, d.detail, delay)
     await dev.sleep(delay)
-    return State.CHECKING
+    return State.CHECKING, install
 
 
 async def run_machine(dev: Device) -> None:
     """Run until the device is asked to stop. Every exception goes through `handle_error`."""
+    install = _held(dev, None)  # a job found in DIR/state.json: resumed with nothing in memory
     try:
         state = resume(dev)
     except CrashLoopError as e:
-        state = await handle_error(dev, dev.record.state, e)
+        state, install = await handle_error(dev, dev.record.state, install, e)
     while not dev.stopping:
         try:
-            dev.enter(state)
-            state = await STEPS[state](dev)
+            dev.enter(state, install)
+            state, install = await STEPS[state](dev, install)
         except Exception as exc:  # the loop guard: routed through the one error policy, never swallowed
-            state = await handle_error(dev, state, exc)
+            state, install = await handle_error(dev, state, install, exc)

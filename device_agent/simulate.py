@@ -31,11 +31,13 @@ import artifact as A
 
 from .agent import http_client
 from .config import AgentConfig
-from .device import Device, update_executor
+from .device import Device
+from .enroll import ensure_credentials
 from .fsutil import DirLock
 from .machine import run_machine
 from .sessions import SharedRuntime
 from .state import State
+from .workers import update_executor
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +210,11 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
                 await device.start()
                 fleet.devices.append(device)
             progress = asyncio.create_task(fleet.show_progress())
-            await asyncio.gather(*(d.ensure_credentials() for d in fleet.devices))
+            await asyncio.gather(*(ensure_credentials(d) for d in fleet.devices))
             for d in fleet.devices:
                 tasks += [
                     asyncio.create_task(_staggered(d, options.poll_interval)),
-                    asyncio.create_task(d.report_forever()),
+                    asyncio.create_task(d.reporter.report_forever()),
                 ]
             deadline = None if options.timeout is None else fleet.started + options.timeout
             while not fleet.done() and (deadline is None or time.monotonic() < deadline):
@@ -225,7 +227,7 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             for t in tasks:  # a request in flight is abandoned: the state on disk is where it resumes
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*(d.flush_events(5.0) for d in fleet.devices), return_exceptions=True)
+            await asyncio.gather(*(d.reporter.flush(5.0) for d in fleet.devices), return_exceptions=True)
             if out.isatty():
                 out.write("\n")
             out.write(fleet.line() + "\n")

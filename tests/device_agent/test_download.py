@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 import artifact as A
-from device_agent import NetworkError, ProtocolError, TransientError
 from device_agent.download import DownloadDir
+from device_agent.errors import NetworkError, ProtocolError, TransientError
 from device_agent.protocol import ServerClient, parse_offer
 
 BLOB = bytes(range(256)) * 400  # 100 KiB

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from device_agent import Backoff
 from device_agent.events import EventQueue
+from device_agent.policy import Backoff
 from device_agent.protocol import make_event
 
 from .conftest import AgentThread, wait_until

@@ -7,7 +7,8 @@ import threading
 import pytest
 
 import artifact as A
-from device_agent import ModelHolder, NoModelError
+from device_agent import NoModelError
+from device_agent.holder import ModelHolder
 from device_agent.runtime import LoadedModel, load_model, validate_golden
 
 from .models import Release, png_bytes, verified

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import artifact as A
-from device_agent.device import CRASH_AT_ENV
+from device_agent.config import CRASH_AT_ENV
 from device_agent.slots import SlotStore
 
 from .conftest import AgentThread, wait_until

@@ -194,3 +194,29 @@ def test_offer_cannot_enlarge_the_signed_payload_length(
     run_agent()
     failed = wait_until(lambda: server.events_of("failed"), what="failed event")
     assert failed[0]["reason"] == "too_long"
+
+
+@pytest.mark.parametrize(
+    ("craft", "state"),
+    [(bad_signature, "checking"), (tampered_payload, "downloading"), (golden_set_mismatch, "validating")],
+    ids=["refused-on-offer", "refused-mid-download", "refused-on-device"],
+)
+def test_refusal_names_the_state_it_happened_in(
+    craft: Craft,
+    state: str,
+    server: FakeServer,
+    releases: dict[int, Release],
+    key: A.SigningKey,
+    stranger_key: A.SigningKey,
+    run_agent: Callable[..., AgentThread],
+) -> None:
+    """The `failed` event and the status say where the install stopped, also when it stopped in the
+    very state that accepted the offer."""
+    server.publish(releases[2])
+    agent = run_agent()
+    agent.wait_version(2)
+    craft(server, releases, key, stranger_key)
+    failed = wait_until(lambda: server.events_of("failed"), what=f"a failed event in state {state}")
+    assert [(e["version"], e["state"]) for e in failed] == [(3, state)]
+    status = agent.agent.status()
+    assert status["last_error"]["state"] == state and status["target_version"] is None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import stat
 from collections.abc import Callable
 
+import artifact as A
 from device_agent.slots import SlotStore
 
 from .conftest import AgentThread, wait_until
 from .fakeserver import FakeServer
-from .models import Release, png_bytes
+from .models import Release, make_release, png_bytes
 
 
 def test_first_install_then_delta_update_serves_each_version(
@@ -80,3 +81,23 @@ def test_server_poll_interval_is_honoured_unless_forced(
     device = agent.agent.device
     assert device is not None
     assert 0.45 <= device.poll_delay() <= 0.55
+
+
+def test_status_shows_the_download_in_progress_and_forgets_it_once_installed(
+    server: FakeServer, key: A.SigningKey, run_agent: Callable[..., AgentThread]
+) -> None:
+    release = make_release(1, [key], size=64)  # ~130 KB: long enough to be seen mid-download
+    server.deltas = False
+    server.throttle = 0.05
+    server.publish(release)
+    agent = run_agent()
+    during = wait_until(lambda: (s := agent.agent.status())["download"] and s, what="download progress in the status")
+    assert during["target_version"] == 1
+    assert during["download"]["source"] == "full" and during["download"]["length"] == len(release.payload)
+    assert 0 < during["download"]["received"] <= len(release.payload)
+
+    server.throttle = 0.0
+    agent.wait_version(1)
+    after = wait_until(lambda: (s := agent.agent.status())["target_version"] is None and s, what="the install's end")
+    assert after["download"] is None
+    assert after["last_install"]["version"] == 1
