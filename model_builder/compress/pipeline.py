@@ -33,17 +33,18 @@ import torch
 
 import artifact as A
 from model_builder.compress import prune, share
-from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressError, CompressResult
+from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressResult
 from model_builder.compress.encode import encode_onnx
 from model_builder.compress.finetune import calibration_images, evaluate_onnx
-from model_builder.compress.quantize import QuantizeError, quantize_int8
+from model_builder.compress.quantize import quantize_int8
 from model_builder.compress.report import format_report, layer_stats, ort_timing, stream_report
 from model_builder.compress.stages import Stage, prune_stage, share_stage
-from model_builder.data import DataError, ImageSet, load_datasets, normalize
-from model_builder.export import ExportError, compare, export_model
+from model_builder.data import ImageSet, load_datasets, normalize
+from model_builder.errors import CompressError, DataError, ExportError, TrainError
+from model_builder.export import compare, export_model
 from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import count_parameters
-from model_builder.train import CHECKPOINT_FORMAT, TrainError, load_checkpoint, model_from_checkpoint
+from model_builder.train import CHECKPOINT_FORMAT, load_checkpoint, model_from_checkpoint
 
 COMPRESSION_FORMAT = "model_builder.compression/1"
 
@@ -177,12 +178,9 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     else:
         log(f"int8 static quantization (QDQ, per channel), calibrating on {cfg.calibration_images} training images")
         calib = calibration_images(train_set, cfg.calibration_images, cfg.seed)
-        try:
-            onnx_bytes = quantize_int8(
-                _export_bytes(model, size, metadata), calib, activations=cfg.activations, progress=cfg.progress
-            )
-        except QuantizeError as e:
-            raise CompressError(str(e)) from e
+        onnx_bytes = quantize_int8(  # its QuantizeError is a CompressError
+            _export_bytes(model, size, metadata), calib, activations=cfg.activations, progress=cfg.progress
+        )
         val_loss, acc["final"], _ = evaluate_onnx(onnx_bytes, val_set, cfg.batch_size)
         log(f"int8 in ONNX Runtime: val accuracy {acc['final']:.2%}")
     phases["share_s" if cfg.method == "kmeans" else "quantize_s"] = time.perf_counter() - t0

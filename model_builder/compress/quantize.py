@@ -33,11 +33,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from model_builder.errors import QuantizeError
+
 ACTIVATION_TYPES = ("int8", "uint8")
-
-
-class QuantizeError(Exception):
-    """ONNX Runtime's quantizer refused the model."""
 
 
 def quantize_int8(
