@@ -27,8 +27,8 @@ def package_run(
     onnx_path: Path | None = None,
 ) -> tuple[Path, int]:
     """Export the run (unless an ONNX file is given), build and sign its artifact; returns (path, size)."""
+    from model_builder.checkpoint import load_checkpoint
     from model_builder.export import export_run
-    from model_builder.train import load_checkpoint
 
     signing_key = load_private_key(key)  # fail on a bad key before minutes of export work
     ckpt = load_checkpoint(run)
