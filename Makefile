@@ -21,7 +21,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 typecheck: venv
-	$(BIN)/mypy --strict artifact device_agent server
+	$(BIN)/mypy --strict artifact device_agent server model_builder
 
 pytest: venv
 	$(BIN)/python -m pytest -q
