@@ -22,7 +22,7 @@ lint: venv
 	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
-	$(BIN)/mypy --strict artifact device_agent server
+	$(BIN)/mypy --strict artifact device_agent server model_builder
 
 pytest: venv
 	$(BIN)/python -m pytest -q

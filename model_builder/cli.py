@@ -2,7 +2,9 @@
 
 Every sub-command lives in its own module under `model_builder.commands` and registers itself
 through a `register(subparsers)` function; this module only wires them together and turns the
-package's own errors into one clear line on stderr and a non-zero exit status (never a traceback).
+package's own errors (one tree, :mod:`model_builder.errors`), artifact refusals and OS errors into one
+clear line on stderr and exit status 2 (never a traceback). The commands let those errors rise to
+here instead of re-wrapping them.
 """
 
 from __future__ import annotations
@@ -28,10 +30,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed as `model-builder: error: <message>`, exit status 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="model-builder",
@@ -51,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, BuilderError, ArtifactError, OSError) as e:
+    except (BuilderError, ArtifactError, OSError) as e:
         print(f"model-builder: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, UnidentifiedImageError
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from model_builder.errors import DataError
 

@@ -1,19 +1,22 @@
 """Every way the model builder refuses work, one class per cause under one base.
 
-The commands turn these into one line on stderr and exit status 2 (`model_builder.cli`); library
+The command line (`model_builder.cli`) catches :class:`BuilderError` once and prints it as one line
+on stderr with exit status 2; the commands let these rise instead of re-wrapping them. Library
 callers catch :class:`BuilderError` or a specific class. Artifact problems (bad keys, bad manifests)
 are `artifact.ArtifactError`s and keep that type.
 
 ::
 
     BuilderError
+    ├── CommandError     command-line arguments or input files that make no sense
     ├── DataError        image folder empty, one class, nothing decodable …
     ├── TrainError       run that cannot start, checkpoint that cannot be used
     ├── ExportError      ONNX export failed or disagrees with PyTorch
     ├── PackageError     run cannot become an artifact (golden set, model I/O)
     ├── PublishError     server refused the artifact or could not be reached
     ├── ExploreError     a design-space sweep that cannot run
-    └── CompressError    compression arguments or inputs that make no sense
+    └── CompressError    compression cannot start or its result failed a check
+        └── QuantizeError    ONNX Runtime's quantizer refused the model
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from __future__ import annotations
 
 class BuilderError(Exception):
     """Base of the builder's refusals; the message is meant for people."""
+
+
+class CommandError(BuilderError):
+    """Command-line arguments or input files that make no sense; the message names the option or file."""
 
 
 class DataError(BuilderError):
@@ -48,4 +55,8 @@ class ExploreError(BuilderError):
 
 
 class CompressError(BuilderError):
-    """Compression arguments or inputs that make no sense."""
+    """Compression cannot start or its result failed a check; the message says why (one line)."""
+
+
+class QuantizeError(CompressError):
+    """ONNX Runtime's quantizer refused the model."""

@@ -21,17 +21,17 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 import torch
 
+from model_builder.checkpoint import Checkpoint, load_checkpoint
 from model_builder.data import load_image_folder, normalize
 from model_builder.errors import ExportError
 from model_builder.squeezenet import SqueezeNet
-from model_builder.train import load_checkpoint, model_from_checkpoint
+from model_builder.train import model_from_checkpoint
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -127,7 +127,7 @@ def compare(
 
 
 def validation_inputs(
-    run_dir: Path | None, ckpt: dict[str, Any], data: str | Path | None = None, limit: int = 64
+    run_dir: Path | None, ckpt: Checkpoint, data: str | Path | None = None, limit: int = 64
 ) -> np.ndarray:
     """Normalised float32 NCHW validation images: the run's ``samples.npz``, then ``data`` if given."""
     pre = ckpt["preprocess"]
@@ -141,7 +141,7 @@ def validation_inputs(
         folder = root / "val" if (root / "val").is_dir() else root
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unreadable files are simply not used for the check
-            images = load_image_folder(folder, int(pre["size"]), labels=list(ckpt["labels"])).images
+            images = load_image_folder(folder, pre["size"], labels=list(ckpt["labels"])).images
         parts.append(images[:limit])
     if not parts:
         raise ExportError("no validation images to check the export on: the run has no samples.npz; pass --data DIR")
@@ -156,7 +156,7 @@ def export_run(
     run = Path(run)
     ckpt = load_checkpoint(run)
     model = model_from_checkpoint(ckpt)
-    size = int(ckpt["preprocess"]["size"])
+    size = ckpt["preprocess"]["size"]
     inputs = validation_inputs(run if run.is_dir() else run.parent, ckpt, data)
     metadata = {
         "labels": json.dumps(list(ckpt["labels"])),

@@ -12,27 +12,18 @@ import base64
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 from PIL import Image
 
 import artifact as A
 from model_builder.errors import PackageError
 
 GOLDEN_IMAGE_BUDGET = 40 * 1024  # bytes of base64 PNG in the manifest; the rest of the 64 KiB is headroom
-
-
-@dataclass(frozen=True)
-class Packaged:
-    path: Path
-    manifest: A.Manifest
-    artifact_bytes: int
 
 
 def _session(onnx_bytes: bytes) -> ort.InferenceSession:

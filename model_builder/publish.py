@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
 from artifact import parse_manifest, read_artifact
 from model_builder.errors import PublishError

@@ -5,7 +5,8 @@ A run directory holds:
 - ``best.pt``: the best epoch by validation accuracy, a dict with ``model`` (the
   :class:`SqueezeNetConfig` fields), ``labels``, ``preprocess`` ``{size, mean, std, layout}``,
   ``metrics``, ``train`` (the arguments of the run) and ``state_dict``. Only plain types and tensors,
-  so it loads with ``torch.load(weights_only=True)``: opening a checkpoint never runs code.
+  so it loads with ``torch.load(weights_only=True)``: opening a checkpoint never runs code. Its
+  typed shape, reader and writer are in :mod:`model_builder.checkpoint`.
 - ``samples.npz``: up to 16 validation images (uint8, NHWC, already resized) with their targets, so
   that export and packaging check the model on real images even when the dataset has moved.
 - ``run.json``: the same metadata, per-epoch history and timings, for people.
@@ -19,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -31,14 +31,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
 
+from model_builder.checkpoint import (
+    CHECKPOINT_FORMAT,
+    Checkpoint,
+    CheckpointPreprocess,
+    load_checkpoint,
+    save_checkpoint,
+    torch_load,
+)
 from model_builder.data import MEAN, STD, ImageSet, batches, load_datasets
 from model_builder.errors import TrainError
 from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import SqueezeNet, SqueezeNetConfig, count_parameters
 
-CHECKPOINT_FORMAT = "model_builder.checkpoint/1"
 N_SAMPLES = 16
 # conv10 is followed by a ReLU (torchvision, and the paper). From torchvision's zero bias, Adam drives
 # every logit below zero within ~50 steps on a small dataset, long before the features carry signal,
@@ -96,29 +103,7 @@ class TrainResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read ``best.pt`` (or a run directory holding one) and check that it is ours."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "best.pt"
-    if not p.is_file():
-        raise TrainError(f"no checkpoint at {p}")
-    ckpt = _torch_load(p)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{p} is not a model_builder checkpoint (format {CHECKPOINT_FORMAT})")
-    return ckpt
-
-
-def _torch_load(p: Path) -> Any:
-    """``torch.load`` that never runs code from the file and fails in one sentence."""
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:  # "not a checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise TrainError(f"{p} is not a readable torch checkpoint: {first}") from e
-
-
-def model_from_checkpoint(ckpt: dict[str, Any]) -> SqueezeNet:
+def model_from_checkpoint(ckpt: Checkpoint) -> SqueezeNet:
     """Rebuild the model a checkpoint describes, in eval mode."""
     model = SqueezeNet(SqueezeNetConfig.from_dict(ckpt["model"]))
     model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -146,7 +131,7 @@ def load_parent(path: str | Path) -> Parent:
         return Parent(str(p), SqueezeNetConfig.from_dict(ckpt["model"]), list(ckpt["labels"]), ckpt["state_dict"])
     if not p.exists():
         raise TrainError(f"--init {p}: no such run directory or checkpoint file")
-    state = _torch_load(p)
+    state = torch_load(p)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # a common wrapper: {"state_dict": ..., "epoch": ...}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -156,7 +141,7 @@ def load_parent(path: str | Path) -> Parent:
 
 def _is_ours(p: Path) -> bool:
     try:
-        ckpt = _torch_load(p)
+        ckpt = torch_load(p)
     except TrainError:
         return False  # load_parent reports it, with the message, when it loads the file itself
     return isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT
@@ -213,7 +198,7 @@ def train_one_epoch(
         logits = model(x)  # (B, K)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's stubs leave backward untyped
         optimizer.step()
         schedule.step()
         loss_sum += float(loss.detach()) * len(y)
@@ -313,7 +298,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     _save_samples(run_dir, val_set)
-    preprocess = {"size": cfg.image_size, "mean": list(MEAN), "std": list(STD), "layout": "NCHW"}
+    preprocess: CheckpointPreprocess = {"size": cfg.image_size, "mean": list(MEAN), "std": list(STD), "layout": "NCHW"}
     params = count_parameters(model)
     log(
         f"{config.arch} ({config.bypass} bypass), {params:,} parameters, {len(train_set)} train / "
@@ -354,18 +339,23 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         )
         if improved:
             best = {"val_accuracy": va_acc, "val_loss": va_loss, "epoch": epoch}
-            ckpt = {
+            ckpt: Checkpoint = {
                 "format": CHECKPOINT_FORMAT,
                 "model": config.to_dict(),
                 "labels": list(train_set.labels),
                 "preprocess": preprocess,
-                "metrics": {**best, "params": params, "train_loss": tr_loss, "train_accuracy": tr_acc},
+                "metrics": {
+                    "val_accuracy": va_acc,
+                    "val_loss": va_loss,
+                    "epoch": epoch,
+                    "params": params,
+                    "train_loss": tr_loss,
+                    "train_accuracy": tr_acc,
+                },
                 "train": asdict(cfg),
                 "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             }
-            buf = io.BytesIO()
-            torch.save(ckpt, buf)
-            write_atomic(run_dir / "best.pt", buf.getvalue())
+            save_checkpoint(run_dir / "best.pt", ckpt)
     seconds = time.perf_counter() - started
     meta = {
         "format": CHECKPOINT_FORMAT,

@@ -14,15 +14,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from . import errors
     from .app import create_app
     from .config import Settings, load_settings
     from .db.migrate import upgrade
 
-__all__ = ["Settings", "create_app", "load_settings", "upgrade"]
+__all__ = ["Settings", "create_app", "errors", "load_settings", "upgrade"]
 _WHERE = {"create_app": ".app", "Settings": ".config", "load_settings": ".config", "upgrade": ".db.migrate"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "errors":  # the module itself: `server.errors.OtaServerError` …
+        return importlib.import_module(".errors", __name__)
     if name in _WHERE:
         return getattr(importlib.import_module(_WHERE[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from model_builder.cli import CommandError
+from model_builder.errors import CommandError
 
 
 def read_input(path: Path, what: str) -> bytes:

@@ -1,7 +1,4 @@
-"""`model-builder compress RUN --out RUN2`: Deep Compression (prune, share, fine-tune) or int8, as a new run.
-
-Library errors become one-line ``CommandError`` messages here, at the command boundary.
-"""
+"""`model-builder compress RUN --out RUN2`: Deep Compression (prune, share, fine-tune) or int8, as a new run."""
 
 from __future__ import annotations
 
@@ -9,8 +6,7 @@ import argparse
 import warnings
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.compress.config import METHODS, CompressConfig, CompressError
+from model_builder.compress.config import METHODS, CompressConfig
 from model_builder.compress.pipeline import compress_run
 from model_builder.compress.quantize import ACTIVATION_TYPES
 from model_builder.data import DataWarning
@@ -110,12 +106,9 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
     )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DataWarning)
-            result = compress_run(cfg, log=lambda line: print(line, flush=True))
-    except CompressError as e:
-        raise CommandError(str(e)) from e
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        result = compress_run(cfg, log=lambda line: print(line, flush=True))
     print()
     print(result.summary)
     print(

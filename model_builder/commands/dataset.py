@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.data import SHAPES, DataError, make_shapes_dataset
+from model_builder.data import SHAPES, make_shapes_dataset
+from model_builder.errors import CommandError
 
 
 def register(subparsers: Any) -> None:
@@ -36,10 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"{out} exists and is not an empty folder: choose a new one (no files are overwritten)")
     if args.per_class < 1 or args.size < 16 or (args.val_per_class is not None and args.val_per_class < 1):
         raise CommandError("--per-class and --val-per-class must be >= 1 and --size >= 16")
-    try:
-        counts = make_shapes_dataset(out, args.per_class, args.size, args.seed, args.val_per_class, progress=True)
-    except DataError as e:
-        raise CommandError(str(e)) from e
+    counts = make_shapes_dataset(out, args.per_class, args.size, args.seed, args.val_per_class, progress=True)
     print(
         f"wrote {counts['train']} training and {counts['val']} validation images ({len(SHAPES)} classes, "
         f"{args.size}x{args.size}, seed {args.seed}) to {out}"

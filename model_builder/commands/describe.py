@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from model_builder.cli import CommandError
+from model_builder.errors import CommandError
 from model_builder.squeezenet import ARCHS, BYPASSES, SqueezeNet, SqueezeNetConfig, table1
 
 

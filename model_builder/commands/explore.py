@@ -6,22 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.data import DataError
-from model_builder.explore import ExploreError, explore, parse_sweep
-from model_builder.train import TrainConfig, TrainError
+from model_builder.explore import explore, parse_sweep
+from model_builder.train import TrainConfig
 
 
 def _explore(args: argparse.Namespace) -> int:
-    try:
-        parameter, values = parse_sweep(args.sweep)
-        base = TrainConfig(
-            data=args.data, out="", arch=args.arch, epochs=args.epochs, image_size=args.image_size,
-            batch_size=args.batch_size, seed=args.seed, threads=args.threads, progress=not args.no_progress,
-        )  # fmt: skip
-        points = explore(base, parameter, values, Path(args.out), log=lambda line: print(line, flush=True))
-    except (ExploreError, DataError, TrainError) as e:
-        raise CommandError(str(e)) from e
+    parameter, values = parse_sweep(args.sweep)
+    base = TrainConfig(
+        data=args.data, out="", arch=args.arch, epochs=args.epochs, image_size=args.image_size,
+        batch_size=args.batch_size, seed=args.seed, threads=args.threads, progress=not args.no_progress,
+    )  # fmt: skip
+    points = explore(base, parameter, values, Path(args.out), log=lambda line: print(line, flush=True))
     print(f"\n{'value':>8} {'params':>10} {'MB':>7} {'val acc':>8}")
     for p in points:
         print(f"{p.value:>8g} {p.params:>10,} {p.megabytes:>7.2f} {p.val_accuracy:>8.2%}")

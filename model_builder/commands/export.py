@@ -6,10 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.data import DataError
-from model_builder.export import OPSET, TOLERANCE, ExportError, export_run
-from model_builder.train import TrainError
+from model_builder.export import OPSET, TOLERANCE, export_run
 
 
 def register(subparsers: Any) -> None:
@@ -28,10 +25,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = export_run(args.run, args.out, args.data, args.opset, args.tolerance)
-    except (ExportError, TrainError, DataError) as e:
-        raise CommandError(str(e)) from e
+    report = export_run(args.run, args.out, args.data, args.opset, args.tolerance)
     print(
         f"wrote {report.path} ({report.onnx_bytes:,} bytes, opset {report.opset}, input [batch,3,"
         f"{report.image_size},{report.image_size}], {report.num_classes} classes); ONNX Runtime matches PyTorch "

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from artifact import load_private_key
-from model_builder.cli import CommandError
+from model_builder.errors import CommandError, ExportError, PackageError
 from model_builder.fsutil import write_atomic
-from model_builder.package import PackageError, build_artifact
+from model_builder.package import build_artifact
 
 
 def package_run(
@@ -27,26 +27,23 @@ def package_run(
     onnx_path: Path | None = None,
 ) -> tuple[Path, int]:
     """Export the run (unless an ONNX file is given), build and sign its artifact; returns (path, size)."""
-    from model_builder.export import ExportError, export_run
-    from model_builder.train import TrainError, load_checkpoint
+    from model_builder.checkpoint import load_checkpoint
+    from model_builder.export import export_run
 
     signing_key = load_private_key(key)  # fail on a bad key before minutes of export work
-    try:
-        ckpt = load_checkpoint(run)
-    except TrainError as e:
-        raise CommandError(str(e)) from e
+    ckpt = load_checkpoint(run)
     run_dir = run if run.is_dir() else run.parent
     if onnx_path is None and isinstance(ckpt.get("compression"), dict):
         # A compressed run ships its deployable encoding (model.onnx); re-exporting best.pt would send floats.
         onnx_path = run_dir / "model.onnx"
         if not onnx_path.is_file():
-            raise CommandError(f"{run_dir} is a compressed run without its model.onnx; run compress again")
+            raise PackageError(f"{run_dir} is a compressed run without its model.onnx; run compress again")
     if onnx_path is None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 report = export_run(run, Path(tmp) / "model.onnx")
             except ExportError as e:
-                raise CommandError(f"export failed: {e}") from e
+                raise PackageError(f"export failed: {e}") from e  # the same error, said as a packaging step
             onnx_bytes = report.path.read_bytes()
     else:
         onnx_bytes = onnx_path.read_bytes()
@@ -65,21 +62,18 @@ def package_run(
     for extra in ("accuracy_before", "epoch", "method_kmeans", "method_int8"):
         if extra in m:
             metrics[extra] = m[extra]
-    try:
-        data, _manifest = build_artifact(
-            onnx_bytes,
-            name=name,
-            version=version,
-            labels=list(ckpt["labels"]),
-            preprocess=dict(ckpt["preprocess"]),
-            metrics=metrics,
-            sample_images=samples,
-            keys=[signing_key],
-            parent_version=parent_version,
-            expires_in=timedelta(days=expires_days) if expires_days else None,
-        )
-    except PackageError as e:
-        raise CommandError(str(e)) from e
+    data, _manifest = build_artifact(
+        onnx_bytes,
+        name=name,
+        version=version,
+        labels=list(ckpt["labels"]),
+        preprocess=dict(ckpt["preprocess"]),
+        metrics=metrics,
+        sample_images=samples,
+        keys=[signing_key],
+        parent_version=parent_version,
+        expires_in=timedelta(days=expires_days) if expires_days else None,
+    )
     write_atomic(out, data)
     return out, len(data)
 

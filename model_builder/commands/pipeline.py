@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.publish import PublishError, publish
+from model_builder.errors import CommandError
+from model_builder.publish import publish
 
 from .package import package_run
 from .train import add_train_arguments, train_config, train_run
@@ -41,10 +41,7 @@ def _pipeline(args: argparse.Namespace) -> int:
         print("[4/4] no --server given: not published", flush=True)
         return 0
     print(f"[4/4] publishing to {args.server}", flush=True)
-    try:
-        answer = publish(artifact_path, args.server, token or "", progress=not args.no_progress)
-    except PublishError as e:
-        raise CommandError(str(e)) from e
+    answer = publish(artifact_path, args.server, token or "", progress=not args.no_progress)
     print(f"      {answer.message}")
     return 0
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from model_builder.cli import CommandError
-from model_builder.publish import PublishError, publish
+from model_builder.errors import CommandError
+from model_builder.publish import publish
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -16,10 +16,7 @@ def _publish(args: argparse.Namespace) -> int:
         raise CommandError("no token: pass --token or set OTA_ADMIN_TOKEN")
     if not args.file.is_file():
         raise CommandError(f"artifact {args.file} does not exist")
-    try:
-        result = publish(args.file, args.server, token, retries=args.retries, progress=not args.quiet)
-    except PublishError as e:
-        raise CommandError(str(e)) from e
+    result = publish(args.file, args.server, token, retries=args.retries, progress=not args.quiet)
     print(result.message)
     return 0
 

@@ -16,7 +16,7 @@ from artifact import (
     save_public_key,
     verify_artifact,
 )
-from model_builder.cli import CommandError
+from model_builder.errors import CommandError
 
 from ._io import read_input
 

@@ -1,7 +1,7 @@
 """`model-builder train`: from an image folder to a run directory holding the best checkpoint.
 
-Library errors (bad data, an unusable ``--init``) become one-line ``CommandError`` messages here,
-at the command boundary, and nowhere deeper.
+The library's own errors (bad data, an unusable ``--init``) rise to the command line as they are;
+only a ``ValueError`` (a model configuration that cannot be built) becomes a ``CommandError`` here.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import sys
 import warnings
 from typing import Any
 
-from model_builder.cli import CommandError
-from model_builder.data import DataError, DataWarning
+from model_builder.data import DataWarning
+from model_builder.errors import CommandError
 from model_builder.squeezenet import ARCHS, BYPASSES
-from model_builder.train import TrainConfig, TrainError, TrainResult, train
+from model_builder.train import TrainConfig, TrainResult, train
 
 
 def register(subparsers: Any) -> None:
@@ -72,12 +72,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def train_run(cfg: TrainConfig) -> TrainResult:
-    """Train, turning library errors into one-line command errors."""
+    """Train; a model configuration that cannot be built (``ValueError``) becomes a one-line command error."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DataWarning)  # train() reports skipped images as a note
             result = train(cfg, log=lambda line: print(line, flush=True))
-    except (DataError, TrainError, ValueError) as e:
+    except ValueError as e:
         raise CommandError(str(e)) from e
     return result
 

@@ -7,13 +7,14 @@ float weights at load (:mod:`.encode`), ONNX Runtime static int8 quantization (:
 and the measurements of what a compressed artifact achieved (:mod:`.report`).
 """
 
-from model_builder.compress.config import METHODS, CompressConfig, CompressError, CompressResult
+from model_builder.compress.config import METHODS, CompressConfig, CompressResult
 from model_builder.compress.encode import decoded_weights, encode_onnx, index_streams
 from model_builder.compress.pipeline import compress_run
 from model_builder.compress.prune import attach_masks, conv_layers, detach, geometric_schedule, magnitude_masks
-from model_builder.compress.quantize import QuantizeError, quantize_int8
+from model_builder.compress.quantize import quantize_int8
 from model_builder.compress.report import format_report, layer_stats, order0_bits, ort_timing, stream_report
 from model_builder.compress.share import LayerCode, attach_codes, kmeans_1d, read_codes, share_weights
+from model_builder.errors import CompressError, QuantizeError
 
 __all__ = [
     "METHODS",

@@ -1,4 +1,4 @@
-"""The arguments of ``compress`` and the one error type it raises."""
+"""The arguments of ``compress`` and what it returns (its errors: :class:`model_builder.errors.CompressError`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_builder.errors import CompressError
+
 METHODS = ("kmeans", "int8")
 DEFAULT_DENSITY = {"kmeans": 0.33, "int8": 1.0}
-
-
-class CompressError(Exception):
-    """Compression cannot start or its result failed a check; the message says why (one line)."""
 
 
 @dataclass

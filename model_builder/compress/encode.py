@@ -39,7 +39,7 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+import onnxruntime as ort  # type: ignore[import-untyped]
 from onnx import TensorProto, helper, numpy_helper
 
 from model_builder.compress.share import LayerCode

@@ -18,7 +18,6 @@ int8 pipeline: optional pruning as above → fp32 ONNX → static QDQ quantizati
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import tempfile
@@ -32,18 +31,20 @@ import numpy as np
 import torch
 
 import artifact as A
+from model_builder.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointMetrics, load_checkpoint, save_checkpoint
 from model_builder.compress import prune, share
-from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressError, CompressResult
+from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressResult
 from model_builder.compress.encode import encode_onnx
 from model_builder.compress.finetune import calibration_images, evaluate_onnx
-from model_builder.compress.quantize import QuantizeError, quantize_int8
+from model_builder.compress.quantize import quantize_int8
 from model_builder.compress.report import format_report, layer_stats, ort_timing, stream_report
 from model_builder.compress.stages import Stage, prune_stage, share_stage
-from model_builder.data import DataError, ImageSet, load_datasets, normalize
-from model_builder.export import ExportError, compare, export_model
+from model_builder.data import ImageSet, load_datasets, normalize
+from model_builder.errors import CompressError, DataError, ExportError, TrainError
+from model_builder.export import compare, export_model
 from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import count_parameters
-from model_builder.train import CHECKPOINT_FORMAT, TrainError, load_checkpoint, model_from_checkpoint
+from model_builder.train import model_from_checkpoint
 
 COMPRESSION_FORMAT = "model_builder.compression/1"
 
@@ -70,7 +71,7 @@ def _load_init(path: str, model: torch.nn.Module) -> tuple[dict[str, share.Layer
     return codes, comp
 
 
-def _datasets(cfg: CompressConfig, ckpt: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
+def _datasets(cfg: CompressConfig, ckpt: Checkpoint) -> tuple[ImageSet, ImageSet]:
     """The parent's train/val split (same folder, fraction and seed), so accuracy before and after compare."""
     args = ckpt.get("train") or {}
     data = cfg.data or args.get("data")
@@ -83,7 +84,7 @@ def _datasets(cfg: CompressConfig, ckpt: dict[str, Any]) -> tuple[ImageSet, Imag
     val = args.get("val") if cfg.data is None else None
     try:
         train_set, val_set = load_datasets(
-            data, int(ckpt["preprocess"]["size"]), val, float(args.get("val_fraction", 0.2)), int(args.get("seed", 0))
+            data, ckpt["preprocess"]["size"], val, float(args.get("val_fraction", 0.2)), int(args.get("seed", 0))
         )
     except DataError as e:
         raise CompressError(str(e)) from e
@@ -119,7 +120,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
         raise CompressError(str(e)) from e
     parent_dir = Path(cfg.run) if Path(cfg.run).is_dir() else Path(cfg.run).parent
     model = model_from_checkpoint(ckpt)
-    size = int(ckpt["preprocess"]["size"])
+    size = ckpt["preprocess"]["size"]
     init_codes: dict[str, share.LayerCode] | None = None
     bits, density = 8, DEFAULT_DENSITY[cfg.method]
     if cfg.init_from:
@@ -177,12 +178,9 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     else:
         log(f"int8 static quantization (QDQ, per channel), calibrating on {cfg.calibration_images} training images")
         calib = calibration_images(train_set, cfg.calibration_images, cfg.seed)
-        try:
-            onnx_bytes = quantize_int8(
-                _export_bytes(model, size, metadata), calib, activations=cfg.activations, progress=cfg.progress
-            )
-        except QuantizeError as e:
-            raise CompressError(str(e)) from e
+        onnx_bytes = quantize_int8(  # its QuantizeError is a CompressError
+            _export_bytes(model, size, metadata), calib, activations=cfg.activations, progress=cfg.progress
+        )
         val_loss, acc["final"], _ = evaluate_onnx(onnx_bytes, val_set, cfg.batch_size)
         log(f"int8 in ONNX Runtime: val accuracy {acc['final']:.2%}")
     phases["share_s" if cfg.method == "kmeans" else "quantize_s"] = time.perf_counter() - t0
@@ -213,19 +211,19 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
         comp["layers"] = {name: code.to_state() for name, code in codes.items()}
     elif masks is not None:
         comp["masks"] = {name: m.clone() for name, m in masks.items()}
-    metrics = {
+    metrics: CheckpointMetrics = {
         "val_accuracy": acc["final"],
         "val_loss": val_loss,
         "params": count_parameters(model),
         "density": report["achieved"]["density"],
         "bits": bits,
         "method": cfg.method,
-        f"method_{cfg.method}": 1,
-        "accuracy_before": acc["fp32"],
-        "parent_val_loss": fp32_loss,
-        "payload_bytes": report["size"]["compressed"]["payload_bytes"],
     }
-    new_ckpt = {
+    metrics["method_kmeans" if cfg.method == "kmeans" else "method_int8"] = 1  # METHODS: kmeans, int8
+    metrics["accuracy_before"] = acc["fp32"]
+    metrics["parent_val_loss"] = fp32_loss
+    metrics["payload_bytes"] = report["size"]["compressed"]["payload_bytes"]
+    new_ckpt: Checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": ckpt["model"],
         "labels": list(ckpt["labels"]),
@@ -236,9 +234,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
         "compression": comp,
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    buf = io.BytesIO()
-    torch.save(new_ckpt, buf)
-    write_atomic(out / "best.pt", buf.getvalue())
+    save_checkpoint(out / "best.pt", new_ckpt)
     if (parent_dir / "samples.npz").is_file():
         shutil.copyfile(parent_dir / "samples.npz", out / "samples.npz")
     write_atomic(out / "compression.json", (json.dumps(report, indent=2) + "\n").encode())

@@ -31,13 +31,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from model_builder.errors import QuantizeError
 
 ACTIVATION_TYPES = ("int8", "uint8")
-
-
-class QuantizeError(Exception):
-    """ONNX Runtime's quantizer refused the model."""
 
 
 def quantize_int8(
@@ -55,7 +53,7 @@ def quantize_int8(
     picks signed or unsigned 8-bit activations (weights are always signed, symmetric, 7 bits unless
     ``reduce_range`` is False).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # type: ignore[import-untyped]
 
     if activations not in ACTIVATION_TYPES:
         raise QuantizeError(f"activations must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}")

@@ -64,7 +64,7 @@ class LayerCode:
     def mask(self) -> torch.Tensor:
         return self.index != 0 if self.pruned else torch.ones_like(self.index, dtype=torch.bool)
 
-    def to_state(self) -> dict[str, torch.Tensor | bool]:
+    def to_state(self) -> dict[str, torch.Tensor | bool | float]:
         """Plain tensors for the checkpoint (loads with ``weights_only=True``)."""
         return {
             "codebook": self.codebook.clone(),

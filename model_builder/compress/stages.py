@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from model_builder.compress import prune, share
-from model_builder.compress.config import CompressConfig, CompressError
+from model_builder.compress.config import CompressConfig
 from model_builder.compress.finetune import finetune
 from model_builder.data import ImageSet
+from model_builder.errors import CompressError
 from model_builder.train import evaluate
 
 

@@ -1,0 +1,97 @@
+"""The artifact contract's public face: exactly these names, none of them from a private module."""
+
+from __future__ import annotations
+
+import inspect
+
+import artifact
+
+PUBLIC = {
+    "ENCODING_ONNX_ZSTD",
+    "MAX_MANIFEST_BYTES",
+    "ArtifactError",
+    "ArtifactFile",
+    "ArtifactFormatError",
+    "BadSignatureError",
+    "DecompressionBombError",
+    "DeltaBaseMismatchError",
+    "DeltaError",
+    "DeltaFormatError",
+    "DeltaInfo",
+    "DeltaResultError",
+    "DigestCheck",
+    "DowngradeError",
+    "ExpiredError",
+    "Golden",
+    "GoldenCase",
+    "HashMismatchError",
+    "InputSpec",
+    "KeyFileError",
+    "LengthError",
+    "Manifest",
+    "ManifestError",
+    "ModelMismatchError",
+    "OnnxInfo",
+    "OutputSpec",
+    "PayloadError",
+    "PayloadInfo",
+    "Preprocess",
+    "Signature",
+    "SignatureError",
+    "SigningKey",
+    "ThresholdError",
+    "TooLongError",
+    "TruncatedError",
+    "TrustPolicy",
+    "UnknownKeyError",
+    "UnsupportedEncodingError",
+    "VerifiedArtifact",
+    "VerifiedManifest",
+    "VerifyKey",
+    "apply_delta",
+    "artifact_bytes",
+    "build_manifest",
+    "canonical_json",
+    "check_bytes",
+    "decode_payload",
+    "decode_verified",
+    "encode_payload",
+    "format_time",
+    "generate_key",
+    "golden_seed_input",
+    "image_to_input",
+    "input_shape",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "make_delta",
+    "parse_manifest",
+    "parse_time",
+    "read_artifact",
+    "read_delta_header",
+    "read_verified",
+    "save_private_key",
+    "save_public_key",
+    "seal_artifact",
+    "seeded_input",
+    "sign_manifest",
+    "verify_artifact",
+    "verify_manifest",
+    "write_artifact",
+}
+
+
+def test_exported_names_are_exactly_the_public_face() -> None:
+    assert set(artifact.__all__) == PUBLIC and len(artifact.__all__) == len(PUBLIC)
+    namespace: dict[str, object] = {}
+    exec("from artifact import *", namespace)
+    assert set(namespace) - {"__builtins__"} == PUBLIC
+
+
+def test_every_public_attribute_is_exported_and_none_is_private() -> None:
+    public_attrs = {n for n, v in vars(artifact).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert public_attrs == PUBLIC  # nothing imported into the package and left out of __all__
+    for name in PUBLIC:
+        home = getattr(getattr(artifact, name), "__module__", "artifact")
+        if home.startswith("artifact"):  # classes and functions: defined in a public module
+            assert not any(part.startswith("_") for part in home.split(".")), (name, home)
