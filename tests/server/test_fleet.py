@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, delete, select
 
 from server.db.models import Device
 
@@ -40,6 +40,23 @@ def test_enrollment_returns_a_token_that_is_not_stored(env: Env, client: TestCli
         engine.dispose()
     assert token not in " ".join(str(v) for v in row)  # the database never holds the credential
     assert client.get("/v1/device/update", headers=bearer(token)).status_code == 204
+
+
+def test_a_device_deleted_behind_its_tokens_back_is_refused_where_its_record_is_needed(
+    env: Env, client: TestClient
+) -> None:
+    token = enroll(client, "cam-9")
+    engine = create_engine(env.database_url)
+    try:
+        with engine.begin() as conn:  # gone without an admin's DELETE, so its token is not revoked
+            conn.execute(delete(Device.__table__).where(Device.__table__.c.device_id == "cam-9"))
+    finally:
+        engine.dispose()
+    body = assert_problem(events(client, token, {"type": "checking"}), 401)
+    assert "no longer enrolled" in body["detail"]
+    assert_problem(client.get("/v1/device/update", headers=bearer(token)), 401)  # needs its recorded version
+    # A poll that says its version is answered from memory, without the database.
+    assert client.get("/v1/device/update?current_version=0", headers=bearer(token)).status_code == 204
 
 
 def test_server_chooses_a_device_id_when_none_is_given(client: TestClient) -> None:
