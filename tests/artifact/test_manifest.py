@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 import artifact as A
-
-from .conftest import manifest_fields
+from tests.support import manifest_fields
 
 ONNX = b"\x08\x07" * 50
 PAYLOAD = b"payload-bytes"
