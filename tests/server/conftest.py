@@ -32,11 +32,11 @@ with warnings.catch_warnings():  # this Starlette warns about its own test clien
     from fastapi.testclient import TestClient
 
 import artifact as A
+from bench._common import private_pg_schema  # shared with the poll benchmark
 from server import Settings, create_app, upgrade
 from server.models import Base
 
 from . import helpers
-from .helpers import private_pg_schema
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENROLLMENT_SECRET = "test-enrollment-secret-0123456789"
