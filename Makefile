@@ -32,16 +32,17 @@ demo: venv
 	$(BIN)/python scripts/demo.py
 
 # Benchmarks take minutes; they are not part of `make test`. Results go to docs/benchmarks.md.
+# They run as modules from the repository root (`python -m bench.NAME`): no sys.path edits.
 bench-deps:
 	@command -v xdelta3 >/dev/null || (apt-get install -y xdelta3 >/dev/null || sudo apt-get install -y xdelta3)
 
 bench: venv bench-deps
-	$(BIN)/python bench/deltas.py
-	$(BIN)/python bench/train.py
-	$(BIN)/python bench/compression.py
-	$(BIN)/python bench/poll.py
-	$(BIN)/python bench/hotswap.py
-	$(BIN)/python bench/fleet.py
+	$(BIN)/python -m bench.deltas
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.compression
+	$(BIN)/python -m bench.poll
+	$(BIN)/python -m bench.hotswap
+	$(BIN)/python -m bench.fleet
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data demo-data

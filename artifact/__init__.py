@@ -1,10 +1,12 @@
 """The artifact contract every part shares: manifest, keys, the one verification door and the install
 checks behind it, payload codec, artifact files, model-aware deltas and the ONNX graph's edges.
-Pure library: no I/O beyond what callers hand in (save/load of key files excepted).
+Pure library: no I/O beyond what callers hand in (save/load of key files excepted, and the one
+atomic file writer every part uses).
 
 Everything public is named here; modules prefixed with `_` are private.
 """
 
+from .atomic import fsync_dir, write_atomic
 from .codec import ENCODING_ONNX_ZSTD, decode_payload, encode_payload
 from .container import ArtifactFile, artifact_bytes, read_artifact, write_artifact
 from .delta import DeltaInfo, apply_delta, make_delta, read_delta_header
@@ -123,6 +125,7 @@ __all__ = [
     "decode_payload",
     "encode_payload",
     "format_time",
+    "fsync_dir",
     "generate_key",
     "golden_seed_input",
     "image_to_input",
@@ -148,4 +151,5 @@ __all__ = [
     "verify_manifest",
     "verify_onnx",
     "write_artifact",
+    "write_atomic",
 ]

@@ -19,6 +19,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from .atomic import write_atomic
 from .errors import KeyFileError
 
 __all__ = [
@@ -110,27 +111,14 @@ def generate_key() -> SigningKey:
     return SigningKey(Ed25519PrivateKey.generate())
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same directory, created with `mode`, fsynced, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have narrowed or widened what O_CREAT set
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def save_private_key(key: SigningKey, path: str | os.PathLike[str]) -> None:
     """Write the private key as PKCS#8 PEM, readable by its owner only (0600)."""
-    _write_atomic(Path(path), key.to_pem(), 0o600)
+    write_atomic(path, key.to_pem(), mode=0o600)
 
 
 def save_public_key(key: SigningKey | VerifyKey, path: str | os.PathLike[str]) -> None:
     vk = key.verify_key if isinstance(key, SigningKey) else key
-    _write_atomic(Path(path), vk.to_pem(), 0o644)
+    write_atomic(path, vk.to_pem(), mode=0o644)
 
 
 def _read(path: str | os.PathLike[str]) -> bytes:

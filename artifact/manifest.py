@@ -45,11 +45,15 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with a `Z` suffix, second precision: the only form manifests carry."""
+def format_time(moment: datetime, *, milliseconds: bool = False) -> str:
+    """RFC 3339 in UTC with a `Z` suffix: second precision, the only form manifests carry, or with
+    `milliseconds` (the agent's events, so that one agent's events sort by time)."""
     if moment.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(UTC)
+    if milliseconds:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S") + f".{utc.microsecond // 1000:03d}Z"
+    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_time(text: str) -> datetime:

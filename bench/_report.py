@@ -29,7 +29,8 @@ def machine() -> str:
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section `name` in docs/benchmarks.md."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python " + " ".join(sys.argv)
+    main = sys.modules["__main__"].__spec__  # set when run as `python -m bench.NAME`
+    command = " ".join(["python", *(["-m", main.name] if main else [sys.argv[0]]), *sys.argv[1:]])
     section = (
         f"<!-- bench:{name} -->\n## {name}\n\n"
         f"- machine: {machine()}\n- date: {stamp}\n- command: `{command}`\n\n{body.strip()}\n"

@@ -12,7 +12,7 @@ Goals (issue 6): demo (1.1, 33 %, 6 bits) loses ≤ 1.0 point with a payload ≤
 in ≤ 10 min; int8 loses ≤ 0.5 point and runs ≥ 1.7× faster than fp32; paper configuration payload
 ≤ 0.42 MB; delta ≤ 15 % of v2's payload. MB = 10^6 bytes throughout.
 
-    .venv/bin/python bench/compression.py [--data DIR] [--epochs N] [--threads N] [--no-write]
+    .venv/bin/python -m bench.compression [--data DIR] [--epochs N] [--threads N] [--no-write]
 """
 
 from __future__ import annotations
@@ -27,25 +27,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import artifact as A
 from bench._report import write_section
 from model_builder.compress import (
     CompressConfig,
+    attach_codes,
+    attach_masks,
+    calibration_images,
     compress_run,
+    detach,
     encode_onnx,
+    evaluate_onnx,
     magnitude_masks,
     ort_timing,
     quantize_int8,
+    read_codes,
+    round_to_half,
     share_weights,
     stream_report,
 )
-from model_builder.compress.finetune import calibration_images, evaluate_onnx, session
-from model_builder.compress.prune import attach_masks, detach
-from model_builder.compress.share import attach_codes, read_codes, round_to_half
 from model_builder.data import load_datasets, make_shapes_dataset, normalize
 from model_builder.export import export_model
 from model_builder.squeezenet import count_parameters, squeezenet1_0
@@ -128,6 +131,12 @@ def _compress(work: Path, run: Path, name: str, threads: int | None, **kw: Any) 
     return result.out, result.report, time.perf_counter() - t0
 
 
+def one_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
 def side_by_side(fp32: bytes, int8: bytes, size: int, rounds: int = 20, per_round: int = 25) -> tuple[float, float]:
     """Batch-1 latency (ms, median) of two models timed in alternating rounds, one thread each.
 
@@ -135,7 +144,7 @@ def side_by_side(fp32: bytes, int8: bytes, size: int, rounds: int = 20, per_roun
     on one of them only. Alternating short rounds gives both the same conditions.
     """
     x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    sessions = [session(fp32, 1), session(int8, 1)]
+    sessions = [one_thread_session(fp32), one_thread_session(int8)]
     times: list[list[float]] = [[], []]
     for s in sessions:
         for _ in range(10):

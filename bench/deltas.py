@@ -12,7 +12,7 @@ For each pair it prints the full payload (onnx+zstd), our delta, bsdiff4, `xdelt
 with the old file as raw-content dictionary and long-distance matching, the make/apply times of our
 delta, and a verdict against issue 2's goals. Results go to docs/benchmarks.md.
 
-    .venv/bin/python bench/deltas.py [--quick]
+    .venv/bin/python -m bench.deltas [--quick]
 """
 
 from __future__ import annotations
@@ -31,8 +31,6 @@ from pathlib import Path
 import bsdiff4
 import torch
 import zstandard
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from artifact import apply_delta, encode_payload, make_delta
 from bench._report import write_section

@@ -8,7 +8,7 @@ Prints a table and a verdict against issue 5's goal (1,000 devices within 2 minu
 the bytes sent with deltas against what full payloads would have cost. Results go to
 docs/benchmarks.md (section `fleet`).
 
-    .venv/bin/python bench/fleet.py [--devices 1000] [--no-write]
+    .venv/bin/python -m bench.fleet [--devices 1000] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,14 +26,11 @@ from pathlib import Path
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import artifact as A  # noqa: E402
-from bench._report import write_section  # noqa: E402
-from model_builder.export import export_bytes  # noqa: E402
-from model_builder.package import build_artifact  # noqa: E402
-from model_builder.squeezenet import squeezenet1_1  # noqa: E402
+import artifact as A
+from bench._report import write_section
+from model_builder.export import export_bytes
+from model_builder.package import build_artifact
+from model_builder.squeezenet import squeezenet1_1
 
 BIN = Path(sys.executable).parent
 LABELS = [f"class{i}" for i in range(10)]

@@ -14,7 +14,7 @@ one after another while four client threads POST 224 px JPEGs to /predict withou
 It prints a table and a verdict against issue 5's goals: 0 failed requests, p99 during swaps
 ≤ 2× steady p99, median verified ONNX bytes → serving (golden set included) ≤ 75 ms.
 
-    .venv/bin/python bench/hotswap.py [--versions 50] [--steady 20] [--threads 1] [--quick]
+    .venv/bin/python -m bench.hotswap [--versions 50] [--steady 20] [--threads 1] [--quick]
 """
 
 from __future__ import annotations
@@ -44,15 +44,14 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import artifact as A
+from bench._report import write_section
+from model_builder.export import export_bytes
+from model_builder.squeezenet import squeezenet1_1
+from tests.device_agent.fakeserver import SECRET, FakeServer
+from tests.device_agent.models import Release
 
-import artifact as A  # noqa: E402
-from bench._report import write_section  # noqa: E402
-from model_builder.export import export_bytes  # noqa: E402
-from model_builder.squeezenet import squeezenet1_1  # noqa: E402
-from tests.device_agent.fakeserver import SECRET, FakeServer  # noqa: E402
-from tests.device_agent.models import Release  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SIZE = 224
 MODEL = "squeezenet-bench"

@@ -20,7 +20,7 @@ For SQLite and for PostgreSQL (127.0.0.1:5432, database `test`, a private schema
 Prints one table per part and a verdict against issue 4's goals (poll ≥ 0.6× bare on both
 databases; publish < 1 s). Results go to docs/benchmarks.md (section `poll`).
 
-    .venv/bin/python bench/poll.py [--quick] [--no-write] [--databases sqlite,postgresql]
+    .venv/bin/python -m bench.poll [--quick] [--no-write] [--databases sqlite,postgresql]
 """
 
 from __future__ import annotations
@@ -37,11 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench._common import private_pg_schema
+from bench._loadgen import cpu_seconds, run_load, uvicorn_process
 
-from bench._loadgen import cpu_seconds, run_load, uvicorn_process  # noqa: E402 - after the path setup
-from tests.server.helpers import private_pg_schema  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"

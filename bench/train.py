@@ -5,7 +5,7 @@ on the 2-core CPU machine; ONNX Runtime batch-1 inference is >= 2.5x faster than
 (224 px, 1000 classes). Also reports a linear model on raw pixels, to show the dataset is not
 linearly solvable, and both latencies at the demo size.
 
-    .venv/bin/python bench/train.py [--data DIR] [--epochs N] [--threads N]
+    .venv/bin/python -m bench.train [--data DIR] [--epochs N] [--threads N]
 
 Prints tables and one verdict line per goal. Timings on a shared machine vary; run it alone.
 """
@@ -25,8 +25,6 @@ from typing import TextIO
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._report import write_section
 from model_builder.data import load_datasets, make_shapes_dataset, normalize

@@ -1,8 +1,8 @@
 """Atomic files and the directory lock: the only way the agent writes its state to disk.
 
-A file is replaced by writing a temporary file in the same directory, fsyncing it, `os.replace`
-over the target and fsyncing the directory (python-tuf `_persist_metadata`). A reader therefore
-sees the old content or the new one, never a torn mix, even after a kill -9 or a power cut.
+Files are replaced with `artifact.write_atomic` (temp file in the same directory, fsync, rename,
+fsync of the directory), the writer every part shares: a reader sees the old content or the new
+one, never a torn mix, even after a kill -9 or a power cut.
 
 `durable=False` skips the fsyncs but keeps the atomic rename: the fleet simulator runs a thousand
 devices in one process on one disk, where power-loss durability means nothing and fsyncs would
@@ -15,42 +15,23 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
+from artifact import fsync_dir
+from artifact import write_atomic as atomic_write
+
 from .errors import DirectoryLockedError
 
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = 0o644, durable: bool = True) -> None:
-    """Replace `path` with `data` atomically; the file is created with `mode` (never wider)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # O_CREAT's mode is masked by umask and ignored for an existing file
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if durable:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
+__all__ = [
+    "DirLock",
+    "atomic_write",
+    "atomic_write_json",
+    "fsync_dir",
+    "fsync_files",
+    "read_json",
+    "remove_stale_temps",
+]
 
 
 def fsync_files(paths: list[Path]) -> None:

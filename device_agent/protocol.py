@@ -148,7 +148,7 @@ def parse_offer(body: Any, *, etag: str | None) -> Offer:
 
 def now_rfc3339() -> str:
     """UTC with a `Z` and milliseconds: events from one agent sort by time."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return A.format_time(datetime.now(UTC), milliseconds=True)
 
 
 def make_event(

@@ -50,10 +50,6 @@ class SlotContent:
         return self.verified.manifest.version
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
@@ -114,7 +110,7 @@ class SlotStore:
 
     def mark_validated(self, slot: str, verified_at: datetime) -> None:
         """The slot's model passed the golden set. Made durable by :meth:`sync_pointer`."""
-        meta = {"verified_at": _rfc3339(verified_at), "validated_at": _rfc3339(datetime.now(UTC))}
+        meta = {"verified_at": A.format_time(verified_at), "validated_at": A.format_time(datetime.now(UTC))}
         atomic_write_json(self._path(slot, "meta.json"), meta, durable=False)
 
     def _write_onnx(self, path: Path, onnx: bytes, sha256: str) -> None:

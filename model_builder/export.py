@@ -30,6 +30,7 @@ import torch
 from model_builder.checkpoint import Checkpoint, load_checkpoint
 from model_builder.data import load_image_folder, normalize
 from model_builder.errors import ExportError
+from model_builder.fsutil import write_atomic
 from model_builder.squeezenet import SqueezeNet
 from model_builder.train import model_from_checkpoint
 
@@ -81,8 +82,7 @@ def export_model(
         onnx.checker.check_model(proto, full_check=True)
         for key, value in sorted((metadata or {}).items()):
             proto.metadata_props.add(key=key, value=value)
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
+        write_atomic(path, proto.SerializeToString(), mode=0o600)  # the mode exports have always had
     except (RuntimeError, onnx.checker.ValidationError) as e:
         raise ExportError(f"ONNX export failed: {e}") from e
     finally:

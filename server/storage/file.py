@@ -1,6 +1,7 @@
 """`file://` backend: blobs as files under a local directory (the embedded default).
 
-Each blob is written to a temporary file in its final directory, fsynced and renamed into place,
+Each blob is written with `artifact.write_atomic` (a temporary file in its final directory, fsynced,
+renamed into place, the directory fsynced; mode 0600),
 so a crash never leaves a partial blob under a real name. Blobs fan out by the first two hex
 digits of their digest to keep directories small.
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from artifact import write_atomic
 
 from ..errors import BlobNotFoundError, StorageUnavailableError
 from .base import CHUNK, Storage, is_sha256, sha256_of
@@ -39,16 +41,7 @@ class FileStorage(Storage):
             return sha
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(path, data, mode=0o600)
         except OSError as e:
             raise StorageUnavailableError(f"cannot write blob {sha[:12]}…: {e.strerror or e}") from e
         return sha

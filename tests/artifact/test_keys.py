@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import stat
 import subprocess
@@ -64,8 +65,17 @@ def test_rsa_key_refused(tmp_path: Path) -> None:
         A.load_private_key(tmp_path / "rsa.key")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not on PATH")
+def require_openssl() -> None:
+    """openssl is part of the machine: skip without it here, fail without it under `CI=true`."""
+    if shutil.which("openssl") is not None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail("openssl is not on PATH — CI requires it for the interop check", pytrace=False)
+    pytest.skip("openssl is not on PATH")
+
+
 def test_openssl_reads_keys_and_verifies_signatures(tmp_path: Path) -> None:
+    require_openssl()
     key = A.generate_key()
     A.save_private_key(key, tmp_path / "signing.key")
     A.save_public_key(key, tmp_path / "signing.pub")
@@ -91,3 +101,13 @@ def test_openssl_reads_keys_and_verifies_signatures(tmp_path: Path) -> None:
         check=True,
     )
     assert key.verify_key.verify((tmp_path / "osig").read_bytes(), message)
+
+
+def test_a_missing_openssl_fails_under_ci_and_only_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI requires it"):
+        require_openssl()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not on PATH"):
+        require_openssl()

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 
 import artifact as A
-
-from .conftest import manifest_fields
+from tests.support import manifest_fields
 
 ONNX = b"\x08\x07" * 50
 PAYLOAD = b"payload-bytes"
@@ -140,3 +139,14 @@ def test_image_to_input_normalises_in_float32() -> None:
     assert nhwc.shape == (1, 8, 8, 3) and np.array_equal(nhwc[0].transpose(2, 0, 1), x[0])
     with pytest.raises(ValueError, match="resize"):
         A.image_to_input(np.zeros((3, 3, 3), np.uint8), pre)
+
+
+def test_one_rfc3339_form_in_utc_seconds_for_manifests_milliseconds_for_events() -> None:
+    from datetime import UTC, datetime, timedelta, timezone
+
+    moment = datetime(2026, 1, 31, 14, 0, 5, 987_654, tzinfo=timezone(timedelta(hours=2)))
+    assert A.format_time(moment) == "2026-01-31T12:00:05Z"
+    assert A.format_time(moment, milliseconds=True) == "2026-01-31T12:00:05.987Z"
+    assert A.parse_time(A.format_time(moment)) == moment.replace(microsecond=0).astimezone(UTC)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        A.format_time(datetime(2026, 1, 31))

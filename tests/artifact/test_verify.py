@@ -10,8 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import artifact as A
-
-from .conftest import tiny_classifier
+from tests.support import tiny_classifier
 
 
 def _verify(data: bytes, trust: A.TrustPolicy, **kw: object) -> A.VerifiedArtifact:
@@ -150,7 +149,7 @@ def test_zip_bomb_payload(signing_key: A.SigningKey, trust: A.TrustPolicy, onnx_
 
     import zstandard
 
-    from .conftest import manifest_fields
+    from tests.support import manifest_fields
 
     bomb = zstandard.ZstdCompressor(level=3, write_content_size=False).compress(b"\0" * (64 << 20))
     fields = manifest_fields(onnx_model, bomb)
@@ -163,7 +162,7 @@ def test_zip_bomb_payload(signing_key: A.SigningKey, trust: A.TrustPolicy, onnx_
 def test_payload_that_decodes_to_another_model(
     signing_key: A.SigningKey, trust: A.TrustPolicy, onnx_model: bytes
 ) -> None:
-    from .conftest import manifest_fields
+    from tests.support import manifest_fields
 
     other = tiny_classifier(seed=1)
     payload = A.encode_payload(other)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,20 +13,10 @@ import pytest
 
 import artifact as A
 from device_agent import Agent, AgentConfig
+from tests.support import wait_for as wait_until
 
 from .fakeserver import SECRET, FakeServer
 from .models import MODEL, Release, make_release
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test with `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class AgentThread:
@@ -65,13 +54,14 @@ class AgentThread:
 
 
 @pytest.fixture(scope="session")
-def key() -> A.SigningKey:
-    return A.generate_key()
+def key(signing_key: A.SigningKey) -> A.SigningKey:
+    """The publisher key the agents trust (the shared `signing_key`)."""
+    return signing_key
 
 
 @pytest.fixture(scope="session")
-def stranger_key() -> A.SigningKey:
-    return A.generate_key()
+def stranger_key(other_key: A.SigningKey) -> A.SigningKey:
+    return other_key
 
 
 @pytest.fixture(scope="session")

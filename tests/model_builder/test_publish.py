@@ -9,7 +9,7 @@ import pytest
 
 import artifact as A
 from model_builder.publish import PublishError, publish
-from tests.artifact.conftest import manifest_fields, tiny_classifier
+from tests.support import manifest_fields, tiny_classifier
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import pytest
 
 import artifact as A
 from model_builder.cli import main
-from tests.artifact.conftest import manifest_fields, tiny_classifier
+from tests.support import manifest_fields, tiny_classifier
 
 
 def _artifact(tmp_path: Path, key_dir: Path) -> Path:

@@ -17,10 +17,9 @@ import logging
 import os
 import shutil
 import socket
-import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,11 @@ with warnings.catch_warnings():  # this Starlette warns about its own test clien
     from fastapi.testclient import TestClient
 
 import artifact as A
+from bench._common import private_pg_schema  # shared with the poll benchmark
 from server import Settings, create_app, upgrade
 from server.db.models import Base
 
 from . import helpers
-from .helpers import private_pg_schema
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENROLLMENT_SECRET = "test-enrollment-secret-0123456789"
@@ -119,17 +118,7 @@ def s3_endpoint() -> Iterator[str]:
         server.stop()
 
 
-# -- keys ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def signing_key() -> A.SigningKey:
-    return A.generate_key()
-
-
-@pytest.fixture(scope="session")
-def other_key() -> A.SigningKey:
-    return A.generate_key()
+# -- keys (signing_key and other_key come from tests/conftest.py) ------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -254,17 +243,6 @@ def download(client: TestClient, url: str, headers: dict[str, str] | None = None
     import httpx
 
     return httpx.get(url, headers=headers, timeout=10)
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def assert_problem(response: Any, status: int, slug: str | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publ
 
 @pytest.fixture()
 def blob(env: Env, client: TestClient) -> tuple[str, bytes]:
-    data = env.artifact(1, onnx_bytes=helpers.classifier(0, hidden=600))
+    data = env.artifact(1, onnx_bytes=helpers.tiny_classifier(0, extra_rows=600))
     body = publish(client, data)
     payload = A.read_artifact(data).payload
     assert len(payload) > 1000

@@ -14,9 +14,10 @@ import artifact as A
 from server.db.models import Delta
 from server.db.session import utcnow
 from server.storage import open_storage
+from tests.support import wait_for
 
 from . import helpers
-from .conftest import ADMIN, Env, bearer, download, enroll, publish, wait_for
+from .conftest import ADMIN, Env, bearer, download, enroll, publish
 
 
 def offer_with_delta(client: TestClient, token: str, current: int) -> dict:  # type: ignore[type-arg]
@@ -85,8 +86,8 @@ def test_delta_from_an_older_version_is_built_lazily(env: Env, client: TestClien
 
 
 def test_delta_not_worth_it_is_not_offered(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1, onnx_bytes=helpers.classifier(1)))
-    publish(client, env.artifact(2, onnx_bytes=helpers.classifier(2)))  # unrelated weights
+    publish(client, env.artifact(1, onnx_bytes=helpers.tiny_classifier(1)))
+    publish(client, env.artifact(2, onnx_bytes=helpers.tiny_classifier(2)))  # unrelated weights
     token = enroll(client, "dev-1")
 
     def settled() -> list:  # type: ignore[type-arg]
@@ -117,7 +118,9 @@ def test_unknown_base_version_gets_no_delta_and_no_row(env: Env, client: TestCli
 
 def test_delta_is_built_once_across_two_server_processes(env: Env) -> None:
     a, b = env.client(), env.client()
-    big = {v: env.artifact(v, onnx_bytes=helpers.classifier(0, version_tweak=v, hidden=4000)) for v in (1, 2, 3)}
+    big = {
+        v: env.artifact(v, onnx_bytes=helpers.tiny_classifier(0, version_tweak=v, extra_rows=4000)) for v in (1, 2, 3)
+    }
     for v in (1, 2, 3):
         publish(a, big[v])
     wait_for(lambda: builds(a).get("ready", 0) == 2, what="the eager deltas")

@@ -18,6 +18,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 import artifact as A
+from bench._common import private_pg_schema
 from server.db.migrate import alembic_config, upgrade
 from server.db.models import Base
 
@@ -35,7 +36,7 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'empty.db'}"
         return
     request.getfixturevalue("pg_url")  # skip or fail exactly like the rest of the suite
-    with helpers.private_pg_schema("ota_mig") as url:
+    with private_pg_schema("ota_mig") as url:
         yield url
 
 

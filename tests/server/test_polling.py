@@ -7,8 +7,9 @@ import base64
 from fastapi.testclient import TestClient
 
 import artifact as A
+from tests.support import wait_for
 
-from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish, wait_for
+from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish
 
 
 def poll(client: TestClient, token: str, current: int | None = None, **headers: str):  # type: ignore[no-untyped-def]

@@ -64,7 +64,7 @@ def test_same_file_again_is_idempotent_200(env: Env, client: TestClient) -> None
 
 def test_same_version_with_other_bytes_is_409(env: Env, client: TestClient) -> None:
     publish(client, env.artifact(1))
-    other = env.artifact(1, onnx_bytes=helpers.classifier(0, version_tweak=7))
+    other = env.artifact(1, onnx_bytes=helpers.tiny_classifier(0, version_tweak=7))
     assert_problem(client.post("/v1/models/shapes/versions", content=other, headers=ADMIN), 409, "version-conflict")
 
 
@@ -81,7 +81,7 @@ def test_version_of_a_revoked_latest_cannot_be_reused(env: Env, client: TestClie
     publish(client, env.artifact(1))
     publish(client, env.artifact(2))
     assert client.post("/v1/models/shapes/versions/2/revoke", headers=ADMIN).status_code == 200
-    other_two = env.artifact(2, onnx_bytes=helpers.classifier(0, version_tweak=9))
+    other_two = env.artifact(2, onnx_bytes=helpers.tiny_classifier(0, version_tweak=9))
     assert_problem(client.post("/v1/models/shapes/versions", content=other_two, headers=ADMIN), 409)
     assert publish(client, env.artifact(3))["version"] == 3
 
@@ -141,13 +141,13 @@ def test_invalid_artifact_is_422_with_reason(
     elif case == "signed model that ONNX cannot load":
         data = env.artifact(1, onnx_bytes=b"\x08\x07garbage that is not a model protobuf" * 20)
     elif case == "signed model whose input differs from the manifest":
-        onnx_bytes = helpers.classifier(0)
+        onnx_bytes = helpers.tiny_classifier(0)
         payload = A.encode_payload(onnx_bytes)
         fields = helpers.manifest_fields(onnx_bytes, payload)
         fields["onnx"]["input"]["shape"] = ["batch", 3, 16, 16]
         data = A.seal_artifact(A.build_manifest(**fields), payload, [env.key])
     else:
-        onnx_bytes = helpers.classifier(0)
+        onnx_bytes = helpers.tiny_classifier(0)
         payload = A.encode_payload(onnx_bytes)
         fields = helpers.manifest_fields(onnx_bytes, payload)
         fields["onnx"]["opset"] = 13
@@ -167,7 +167,7 @@ def test_server_without_publisher_keys_accepts_nothing(env: Env) -> None:
 
 def test_oversize_artifact_refused_413_before_the_body_is_read(env: Env) -> None:
     client = env.client(max_artifact_bytes=4096)
-    data = env.artifact(1, onnx_bytes=helpers.classifier(0, hidden=400))
+    data = env.artifact(1, onnx_bytes=helpers.tiny_classifier(0, extra_rows=400))
     assert len(data) > 4096
     doc = assert_problem(client.post("/v1/models/shapes/versions", content=data, headers=ADMIN), 413)
     assert doc["limit"] == 4096
