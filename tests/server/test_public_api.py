@@ -17,7 +17,7 @@ def test_exported_names_are_exactly_the_public_face() -> None:
 def test_each_name_resolves() -> None:
     from server.app import create_app
     from server.config import Settings, load_settings
-    from server.migrate import upgrade
+    from server.db.migrate import upgrade
 
     assert (server.create_app, server.Settings, server.load_settings, server.upgrade) == (
         create_app,
