@@ -69,6 +69,16 @@ def verify_offer(dev: Device, offer: Offer) -> A.VerifiedManifest:
     return verified
 
 
+def _verified(dev: Device, install: Install) -> tuple[A.VerifiedManifest, Install]:
+    """The install's manifest through door checks 1–5: verified once when the offer is accepted, and
+    once more only when the record was rebuilt from disk (after a restart nothing in memory is trusted)."""
+    v = install.verified
+    if v is not None and v.manifest_bytes == install.job.offer.manifest_bytes:
+        return v, install
+    v = verify_offer(dev, install.job.offer)
+    return v, replace(install, verified=v)
+
+
 def _choose_source(dev: Device, offer: Offer, verified: A.VerifiedManifest) -> str:
     """The delta when it applies to what we serve and is smaller than the signed payload; else the payload.
 
@@ -135,7 +145,7 @@ async def checking(dev: Device, install: Install | None) -> Next:
     install = Install(Job(offer, from_version=dev.holder.version))  # the offer is accepted: an install begins
     rec.job = job = install.job
     dev.emit("checking", offer.version)
-    verified = verify_offer(dev, offer)  # door checks 1–5 before a byte is downloaded
+    verified, install = _verified(dev, install)  # door checks 1–5 before a byte is downloaded
     job.source = _choose_source(dev, offer, verified)
     return State.DOWNLOADING, install
 
@@ -143,7 +153,7 @@ async def checking(dev: Device, install: Install | None) -> Next:
 async def downloading(dev: Device, install: Install | None) -> Next:
     install = _need(dev, install)
     job = install.job
-    verified = verify_offer(dev, job.offer)  # door checks 1–5 again: after a restart nothing in memory is trusted
+    verified, install = _verified(dev, install)
     url, length, sha256, what = _blob(job, verified)
     await asyncio.to_thread(dev.runtime.warm, verified)  # golden inputs: they need only the manifest
     if job.announced != job.source:
@@ -162,7 +172,7 @@ async def verifying(dev: Device, install: Install | None) -> Next:
     """Payload → ONNX (bounded decode), or old ONNX + delta → ONNX; the result is checked against the signed hash."""
     install = _need(dev, install)
     job = install.job
-    verified = verify_offer(dev, job.offer)
+    verified, install = _verified(dev, install)
     _url, length, sha256, what = _blob(job, verified)
     data = dev.downloads.read(sha256, length=length, what=what)
     if data is None:

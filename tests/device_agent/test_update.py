@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Callable
+from typing import Any
+
+import pytest
 
 import artifact as A
 from device_agent.slots import SlotStore
@@ -101,3 +104,27 @@ def test_status_shows_the_download_in_progress_and_forgets_it_once_installed(
     after = wait_until(lambda: (s := agent.agent.status())["target_version"] is None and s, what="the install's end")
     assert after["download"] is None
     assert after["last_install"]["version"] == 1
+
+
+def test_one_install_verifies_the_manifest_once(
+    server: FakeServer,
+    releases: dict[int, Release],
+    run_agent: Callable[..., AgentThread],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking, downloading and verifying share the manifest the door passed when the offer was accepted."""
+    checked: list[int] = []
+    door = A.verify_manifest
+
+    def counting(manifest_bytes: bytes, *args: Any, **kwargs: Any) -> A.VerifiedManifest:
+        verified = door(manifest_bytes, *args, **kwargs)
+        checked.append(verified.manifest.version)
+        return verified
+
+    monkeypatch.setattr(A, "verify_manifest", counting)
+    server.publish(releases[1])
+    agent = run_agent()
+    agent.wait_version(1)
+    server.publish(releases[2])
+    agent.wait_version(2)
+    assert checked.count(1) == 1 and checked.count(2) == 1, checked
