@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import artifact as A
-from device_agent import AuthError, EnrollmentError, ProtocolError, RejectedError, ServerBusyError
+from device_agent.errors import AuthError, EnrollmentError, ProtocolError, RejectedError, ServerBusyError
 from device_agent.download import DownloadDir
 from device_agent.protocol import Credentials, Offer, ServerClient, make_event
 from server import create_app
@@ -33,7 +33,6 @@ from .fakeserver import SECRET, FakeServer
 # The server tests' `env` (and the fixtures it builds on), on its SQLite + file storage pair only.
 env = server_fixtures.env
 sqlite_template = server_fixtures.sqlite_template
-signing_key = server_fixtures.signing_key
 publisher_key_file = server_fixtures.publisher_key_file
 pytestmark = pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
 
