@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 import artifact as A
-from device_agent.errors import AuthError, EnrollmentError, ProtocolError, RejectedError, ServerBusyError
 from device_agent.download import DownloadDir
+from device_agent.errors import AuthError, EnrollmentError, ProtocolError, RejectedError, ServerBusyError
 from device_agent.protocol import Credentials, Offer, ServerClient, make_event
 from server import create_app
 from tests.server import conftest as server_fixtures
