@@ -15,6 +15,7 @@ from .auth import Authenticator
 from .deltas import DeltaService
 from .offers import Offers
 from .publish import Publisher
+from .rollouts import RolloutService
 from .security import Signer
 from .seen import SeenBuffer
 from .view import RegistryView
@@ -34,6 +35,7 @@ class Services:
     offers: Offers
     publisher: Publisher
     auth: Authenticator
+    rollouts: RolloutService
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -87,4 +89,12 @@ def build_services(settings: Settings) -> Services:
         offers=offers,
         publisher=Publisher(db, storage, trust_policy(settings)),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
+        rollouts=RolloutService(
+            db,
+            metrics,
+            deltas,
+            on_change=view.refresh,
+            eval_seconds=settings.rollout_eval_seconds,
+            flush_seconds=settings.seen_flush_seconds,
+        ),
     )
