@@ -1,8 +1,8 @@
 """Benchmark: a simulated fleet of 1,000 devices moves from v1 to v2 against the real server.
 
 Builds two real SqueezeNet 1.1 artifacts (10 classes, 64 px; v2 = v1 with a retrained classifier,
-the quick-update case), starts `ota-server serve` (SQLite, local blob storage), publishes v1, runs
-`device-agent simulate --devices N` until every device serves v1, publishes v2 and times the fleet's
+the quick-update case), starts `ota-server serve` (SQLite, local blob storage), publishes and rolls out v1, runs
+`device-agent simulate --devices N` until every device serves v1, rolls out v2 at once and times the fleet's
 move to v2 — each simulated device doing the real download, delta, verification and golden-set work.
 Prints a table and a verdict against issue 5's goal (1,000 devices within 2 minutes, no errors), and
 the bytes sent with deltas against what full payloads would have cost. Results go to
@@ -50,6 +50,12 @@ def fleet_on(url: str, headers: dict[str, str], version: int) -> int:
     return sum(
         v["devices"] for m in data["models"] if m["model"] == "shapes" for v in m["versions"] if v["version"] == version
     )
+
+
+def roll_out_now(url: str, headers: dict[str, str], version: int) -> None:
+    """An immediate rollout (one stage of 100 %, `min_devices` 0): the version becomes the baseline at once."""
+    body = {"model": "shapes", "version": version, "stages": [{"percent": 100}], "min_devices": 0}
+    httpx.post(f"{url}/v1/rollouts", json=body, headers=headers, timeout=30).raise_for_status()
 
 
 def main() -> int:
@@ -103,6 +109,7 @@ def main() -> int:
                     time.sleep(0.5)
             mb = [str(BIN / "model-builder"), "publish", "--server", url, f"--token={admin}", "--quiet"]
             subprocess.run([*mb[:2], str(artifacts[1]), *mb[2:]], check=True)
+            roll_out_now(url, headers, 1)
             log(f"simulating {args.devices} devices; waiting for all of them to serve v1")
             report_path = work / "fleet.json"
             fleet = subprocess.Popen(
@@ -121,6 +128,7 @@ def main() -> int:
             log(f"all on v1 after {v1_seconds:.0f} s; publishing v2")
             t1 = time.monotonic()
             subprocess.run([*mb[:2], str(artifacts[2]), *mb[2:]], check=True)
+            roll_out_now(url, headers, 2)
             while fleet_on(url, headers, 2) < args.devices:
                 if fleet.poll() is not None and fleet.returncode != 0:
                     raise SystemExit(f"the simulator failed ({fleet.returncode})")

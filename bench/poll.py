@@ -239,7 +239,11 @@ def bench_database(kind: str, workdir: Path, args: argparse.Namespace) -> tuple[
                 timeout=60,
             )
             first.raise_for_status()
-            time.sleep(1.5)  # let the registry view pick up version 1
+            immediate = {"model": "squeezenet", "version": 1, "stages": [{"percent": 100}], "min_devices": 0}
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/rollouts", json=immediate, headers=admin, timeout=60
+            ).raise_for_status()
+            time.sleep(1.5)  # let every worker's registry view pick up version 1 as the baseline
             scenarios = {
                 "bare FastAPI (constant JSON)": (bare_port, bare_pid, [("/bare", "")]),
                 "poll, device current → 204": (port, pid, [("/v1/device/update?current_version=1", t) for t in tokens]),

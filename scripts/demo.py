@@ -99,6 +99,14 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Proces
     raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def roll_out_now(url: str, admin: str, version: int) -> None:
+    """An immediate rollout (one stage of 100 %, no soak, no gates): the version becomes the baseline at once."""
+    body = {"model": MODEL, "version": version, "stages": [{"percent": 100, "soak_seconds": 0}], "min_devices": 0}
+    r = httpx.post(f"{url}/v1/rollouts", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    if r.status_code != 201:
+        raise RuntimeError(f"rolling out v{version} failed: {r.status_code} {r.text}")
+
+
 def free_port(preferred: int) -> int:
     """`preferred` if it is free (0: any), else one the kernel picks."""
     for port in (preferred, 0):
@@ -181,6 +189,7 @@ def main() -> int:
         procs.start("server", [str(BIN / "ota-server"), "serve", "--port", str(port)], server_env)
         wait_for("the server to be ready", lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60, procs)
         run([*mb, "publish", str(work / "shapes-v1.otam"), "--server", url, f"--token={admin}", "--quiet"])
+        roll_out_now(url, admin, 1)
 
         say(f"4/6 starting a device agent serving /predict and a simulated fleet of {fleet_size}")
         agent_port = free_port(port + 1)
@@ -220,6 +229,7 @@ def main() -> int:
         run([*package[:2], str(work / "run-v2"), *package[2:], "--version", "2", "--parent-version", "1",
              "--out", str(work / "shapes-v2.otam")])  # fmt: skip
         run([*mb, "publish", str(work / "shapes-v2.otam"), "--server", url, f"--token={admin}", "--quiet"])
+        roll_out_now(url, admin, 2)
         wait_for("the device agent to serve v2", lambda: agent_on(2), 300, procs)
         wait_for(f"{fleet_size} simulated devices to run v2", lambda: fleet_on(2, fleet_size + 1), 900, procs)
         fleet.wait(120)

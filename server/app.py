@@ -3,7 +3,8 @@
 Nothing here reads the environment: :func:`create_app` gets a :class:`Settings` (the CLI builds it
 from ``OTA_*``). The services live in one :class:`Services` object on ``app.state``; the
 dependencies in :mod:`server.api.deps` hand them to routes. Background work — the registry view's
-refresh, the last-seen flush, delta builds — starts and stops with the app's lifespan.
+refresh, the last-seen and rollout-offer flushes, rollout evaluation, delta builds — starts and
+stops with the app's lifespan.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .api.problems import BodyLimit, install_problem_handlers
-from .api.routes import blobs, device, devices, ops, registry
+from .api.routes import blobs, device, devices, ops, registry, rollouts
 from .config import Settings
 from .core.services import Services, build_services
 from .errors import DatabaseUnavailableError
@@ -34,7 +35,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.view.refresh)
     except DatabaseUnavailableError as e:  # serve anyway: /readyz says not ready, polls answer 503
         log.warning("database unavailable at start: %s", e.detail)
-    tasks = [asyncio.create_task(t.run()) for t in (services.view, services.seen, services.access)]
+    loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers)
+    tasks = [asyncio.create_task(t.run()) for t in loops]
     try:
         yield
     finally:
@@ -46,6 +48,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(services.seen.flush)
         except DatabaseUnavailableError as e:
             log.warning("last-seen times lost at shutdown: %s", e.detail)
+        try:
+            await run_in_threadpool(services.rollouts.offers.flush)
+        except DatabaseUnavailableError as e:
+            log.warning("rollout offers lost at shutdown: %s", e.detail)
         await run_in_threadpool(services.deltas.shutdown)
         services.storage.close()
         services.db.dispose()
@@ -62,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
-    for module in (device, blobs, ops, registry, devices):  # hot routes first: FastAPI matches in order
+    for module in (device, blobs, ops, registry, devices, rollouts):  # hot routes first: FastAPI matches in order
         app.include_router(module.router)
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)
     app.add_middleware(RequestObserver, metrics=services.metrics, access=services.access)

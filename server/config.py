@@ -78,7 +78,8 @@ class Settings(BaseSettings):
     delta_claim_timeout: float = Field(600.0, gt=0)
 
     cache_seconds: float = Field(1.0, gt=0, le=60, description="how stale a process's registry view may get")
-    seen_flush_seconds: float = Field(5.0, gt=0, le=300)
+    seen_flush_seconds: float = Field(5.0, gt=0, le=300, description="also how often rollout offers are written")
+    rollout_eval_seconds: float = Field(5.0, gt=0, le=3600, description="how often each process judges active rollouts")
     retry_after: int = Field(5, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -23,11 +23,16 @@ down and the same request may succeed later (the response carries ``Retry-After`
     │   │   ├── ModelNotFoundError
     │   │   ├── VersionNotFoundError
     │   │   ├── DeviceNotFoundError
+    │   │   ├── RolloutNotFoundError
     │   │   └── BlobNotFoundError           (also raised by storage backends)
     │   ├── ConflictError               409
     │   │   ├── VersionConflictError        same version already published with other bytes
     │   │   ├── VersionNotAboveLatestError  version is not above the latest (rollback/replay)
-    │   │   └── DeviceExistsError           device id already enrolled
+    │   │   ├── DeviceExistsError           device id already enrolled
+    │   │   ├── RolloutActiveError          the model already has an active rollout
+    │   │   ├── VersionRevokedError         a revoked version cannot be rolled out
+    │   │   ├── VersionNotAboveBaselineError   a rollout must move the model forward
+    │   │   └── RolloutTransitionError      pause/resume/abort/advance not possible in this state
     │   ├── PayloadTooLargeError        413 body over the configured limit (refused before read whole)
     │   ├── RangeNotSatisfiableError    416 Range starts past the end of the blob
     │   └── InvalidArtifactError        422 the artifact fails the door or the ONNX checks
@@ -118,6 +123,11 @@ class DeviceNotFoundError(NotFoundError):
     title = "Device not found"
 
 
+class RolloutNotFoundError(NotFoundError):
+    slug = "rollout-not-found"
+    title = "Rollout not found"
+
+
 class BlobNotFoundError(NotFoundError):
     slug = "blob-not-found"
     title = "Blob not found"
@@ -142,6 +152,26 @@ class VersionNotAboveLatestError(ConflictError):
 class DeviceExistsError(ConflictError):
     slug = "device-exists"
     title = "Device already enrolled"
+
+
+class RolloutActiveError(ConflictError):
+    slug = "rollout-active"
+    title = "The model already has an active rollout"
+
+
+class VersionRevokedError(ConflictError):
+    slug = "version-revoked"
+    title = "Version is revoked"
+
+
+class VersionNotAboveBaselineError(ConflictError):
+    slug = "version-not-above-baseline"
+    title = "Version is not above the model's baseline"
+
+
+class RolloutTransitionError(ConflictError):
+    slug = "rollout-transition-refused"
+    title = "The rollout cannot do that in its current state"
 
 
 class PayloadTooLargeError(ClientError):

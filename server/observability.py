@@ -63,6 +63,12 @@ class Metrics:
         )
         self.enrollments = Counter("ota_enrollments", "Devices enrolled", registry=r)
         self.device_events = Counter("ota_device_events", "Device events recorded", ["type"], registry=r)
+        self.rollout_transitions = Counter(
+            "ota_rollout_transitions",
+            "Rollout state changes made by this process (each is counted by exactly one process)",
+            ["event"],
+            registry=r,
+        )
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -144,11 +145,144 @@ class ModelOut(BaseModel):
     created_at: datetime
     versions: int
     latest_version: int | None
-    offered_version: int | None = Field(description="highest version that is not revoked: what devices get")
+    offered_version: int | None = Field(
+        description="the model's baseline (its last completed rollout) unless revoked: "
+        "what devices outside a rollout get"
+    )
 
 
 class RevokeRequest(_In):
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+# -- rollouts -----------------------------------------------------------------------------------
+
+GateMetric = Literal["latency_p95_ratio", "confidence_delta", "validation_failures"]
+RolloutState = Literal["running", "waiting", "paused", "completed", "aborted"]
+_GATE_BOUND = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class StageIn(_In):
+    percent: Annotated[float, Field(gt=0, le=100, description="share of the selected devices, cumulative")]
+    soak_seconds: Annotated[int, Field(ge=0, le=30 * 86400)] = 0
+
+
+class GateIn(_In):
+    metric: GateMetric
+    max: float | None = Field(None, description="upper bound: latency_p95_ratio, validation_failures")
+    min: float | None = Field(None, description="lower bound: confidence_delta")
+    min_samples: Annotated[int, Field(ge=0, le=2**53)] = Field(0, description="inference requests needed to judge")
+
+    @field_validator("max", "min")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("bounds must be finite numbers")
+        return v
+
+    @model_validator(mode="after")
+    def _right_bound(self) -> GateIn:
+        bound = _GATE_BOUND[self.metric]
+        other = "min" if bound == "max" else "max"
+        if getattr(self, bound) is None or getattr(self, other) is not None:
+            raise ValueError(f"gate {self.metric!r} takes exactly one bound: {bound!r}")
+        return self
+
+
+def _default_stages() -> list[StageIn]:
+    return [
+        StageIn(percent=5, soak_seconds=600),
+        StageIn(percent=25, soak_seconds=1800),
+        StageIn(percent=100, soak_seconds=0),
+    ]
+
+
+class RolloutCreate(_In):
+    model: ModelName
+    version: Version
+    selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="labels a device must all have ({}: every device)"
+    )
+    stages: list[StageIn] = Field(default_factory=_default_stages, min_length=1, max_length=20)
+    min_devices: Annotated[int, Field(ge=0, le=MAX_INT)] = 10
+    success_threshold: Fraction = 0.95
+    failure_threshold: Fraction = 0.05
+    install_timeout_seconds: Annotated[int, Field(ge=1, le=30 * 86400)] = 3600
+    auto_advance: bool = True
+    gates: list[GateIn] = Field(default_factory=list, max_length=10)
+
+    @model_validator(mode="after")
+    def _stages_and_gates(self) -> RolloutCreate:
+        percents = [s.percent for s in self.stages]
+        if any(b <= a for a, b in itertools.pairwise(percents)):
+            raise ValueError(f"stage percents must strictly increase, got {percents}")
+        if percents[-1] != 100:
+            raise ValueError(f"the last stage must be 100 %, got {percents[-1]}")
+        metrics = [g.metric for g in self.gates]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError("each gate metric may appear once")
+        return self
+
+
+class RolloutAction(_In):
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+
+
+class StageCounts(BaseModel):
+    offered: int
+    installed: int
+    failed: int = Field(description="failed or rolled_back events, or no install within install_timeout_seconds")
+    pending: int
+    not_reached: int = Field(description="in the cohort, never offered (has not polled since)")
+
+
+class StageOut(BaseModel):
+    percent: int | float
+    soak_seconds: int
+    state: Literal["passed", "running", "paused", "aborted", "not_started"]
+    started_at: datetime | None
+    cohort: int
+    counts: StageCounts
+
+
+class GateOut(BaseModel):
+    metric: str
+    value: float | None
+    threshold: float
+    samples: int
+    status: Literal["pass", "fail", "pending"]
+    detail: str
+
+
+class HistoryOut(BaseModel):
+    at: datetime
+    event: str
+    stage: int
+    detail: str | None
+    by: str
+
+
+class RolloutOut(BaseModel):
+    id: int
+    model: str
+    version: int
+    baseline_version: int | None = Field(description="the model's baseline when the rollout was created")
+    state: RolloutState
+    reason: str | None
+    stage: int = Field(description="0-based index of the current stage (of the last one once completed)")
+    selector: dict[str, str]
+    min_devices: int
+    success_threshold: float
+    failure_threshold: float
+    install_timeout_seconds: int
+    auto_advance: bool
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    stages: list[StageOut]
+    gates: list[GateOut]
+    history: list[HistoryOut]
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -192,7 +326,7 @@ class VersionCount(BaseModel):
 
 class FleetModel(BaseModel):
     model: str
-    offered_version: int | None
+    offered_version: int | None = Field(description="the model's baseline, unless revoked")
     devices: int
     versions: list[VersionCount]
     statuses: dict[str, int]

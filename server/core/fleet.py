@@ -75,12 +75,19 @@ class DevicePage:
     next_cursor: str | None
 
 
+class EventHook(Protocol):
+    """What else must happen, in the same transaction, when a device's events are recorded."""
+
+    def __call__(self, session: Session, *, device_pk: int, model: str, events: Sequence[Any]) -> None: ...
+
+
 class Fleet:
     """Enrollment, events and the admin's views of devices; each method is one transaction (blocking)."""
 
-    def __init__(self, db: Database, signer: Signer) -> None:
+    def __init__(self, db: Database, signer: Signer, *, on_events: EventHook | None = None) -> None:
         self.db = db
         self.signer = signer
+        self.on_events = on_events
 
     def enroll(self, *, device_id: str | None, model: str, labels: dict[str, str]) -> Enrolled:
         """Create the device and its token (committed); :class:`DeviceExistsError` if the id is taken."""
@@ -112,6 +119,8 @@ class Fleet:
         with self.db.session() as session:
             device = _enrolled(session, device_pk)
             apply_events(session, device=device, events=events)
+            if self.on_events is not None:  # the rollouts fold the same events in, in the same transaction
+                self.on_events(session, device_pk=device.id, model=device.model_name, events=events)
             session.commit()
             return device
 

@@ -21,6 +21,7 @@ from .fleet import Fleet
 from .offers import Offers
 from .publish import Publisher
 from .registry import Registry
+from .rollouts import RolloutService
 from .security import Signer
 from .seen import SeenBuffer
 from .view import RegistryView
@@ -42,6 +43,7 @@ class Services:
     registry: Registry
     fleet: Fleet
     auth: Authenticator
+    rollouts: RolloutService
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -82,6 +84,14 @@ def build_services(settings: Settings) -> Services:
         url_seconds=settings.download_url_seconds,
         max_ratio=settings.delta_max_ratio,
     )
+    rollouts = RolloutService(
+        db,
+        metrics,
+        deltas,
+        on_change=view.refresh,
+        eval_seconds=settings.rollout_eval_seconds,
+        flush_seconds=settings.seen_flush_seconds,
+    )
     return Services(
         settings=settings,
         db=db,
@@ -95,6 +105,7 @@ def build_services(settings: Settings) -> Services:
         offers=offers,
         publisher=Publisher(db, storage, trust_policy(settings)),
         registry=Registry(db),
-        fleet=Fleet(db, signer),
+        fleet=Fleet(db, signer, on_events=rollouts.record_events),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
+        rollouts=rollouts,
     )

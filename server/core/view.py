@@ -1,9 +1,12 @@
 """Each process's view of what the registry offers and which device tokens are revoked.
 
-The update poll answers from this in-memory snapshot instead of querying the database: it is the
-same for every device of a model, changes only when someone publishes or revokes, and is reloaded
-(one query for all models, plus a count of revoked tokens) every ``OTA_CACHE_SECONDS``. The
-process that publishes or revokes reloads at once; every other process within one interval, and
+The update poll answers from this in-memory snapshot instead of querying the database. Per model
+it holds the baseline (what every device outside a rollout is offered) and the offering rollout, if
+any (its version, current stage and percentage, and the devices its selector matches), so that
+the poll decides a device's cohort by arithmetic alone. It changes only when someone rolls out,
+revokes or a rollout moves, and is reloaded (one query for the baselines, one for the rollouts and
+one per rollout with a selector, plus a count of revoked tokens) every ``OTA_CACHE_SECONDS``. The
+process that makes the change reloads at once; every other process within one interval, and
 the revoke/delete endpoints wait out :attr:`RegistryView.propagation_delay` before answering, so
 that once they return *no* process offers the revoked version or accepts the revoked token.
 
@@ -27,14 +30,16 @@ from ..data import registry as registry_data
 from ..data.registry import Head
 from ..db.session import Database
 from ..errors import DatabaseUnavailableError
+from .rollouts import PollRollout, poll_rollouts
 
 log = logging.getLogger("ota.registry")
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    heads: Mapping[str, Head]
+    heads: Mapping[str, Head]  # model → its baseline, unless revoked
     revoked_tokens: frozenset[str]
+    rollouts: Mapping[str, PollRollout] = field(default_factory=dict)  # model → its offering rollout
     loaded_at: float = field(default_factory=time.monotonic)  # when the loading query began
 
 
@@ -68,12 +73,13 @@ class RegistryView:
             previous = self._snapshot
             with self.db.session() as session:
                 heads = registry_data.offered_heads(session)
+                rollouts = poll_rollouts(session)
                 count = device_data.revoked_token_count(session)
                 if previous is not None and len(previous.revoked_tokens) == count:
                     revoked = previous.revoked_tokens
                 else:
                     revoked = device_data.revoked_token_ids(session)
-            snap = Snapshot(heads=heads, revoked_tokens=revoked, loaded_at=started)
+            snap = Snapshot(heads=heads, revoked_tokens=revoked, rollouts=rollouts, loaded_at=started)
             self._snapshot = snap
             return snap
 

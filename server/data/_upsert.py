@@ -20,3 +20,23 @@ def insert_ignore(session: Session, table: Table, values: dict[str, Any]) -> boo
     pk = next(iter(table.primary_key.columns))
     stmt = module.insert(table).values(**values).on_conflict_do_nothing().returning(pk)
     return session.execute(stmt).first() is not None
+
+
+def insert_many_ignore(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows, skipping those that collide with a unique constraint (one statement)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    session.execute(module.insert(table).on_conflict_do_nothing(), rows)
+
+
+def insert_or_add(session: Session, table: Table, key: dict[str, Any], adds: dict[str, Any]) -> None:
+    """Insert a row, or add `adds` to the existing row's columns (one atomic statement on both databases)."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    stmt = module.insert(table).values(**key, **adds)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=list(key), set_={name: table.c[name] + stmt.excluded[name] for name in adds}
+    )
+    session.execute(stmt)

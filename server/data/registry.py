@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Model, ModelVersion
 from ..db.session import utcnow
@@ -15,7 +15,7 @@ from ._upsert import insert_ignore
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The version a model offers now: its highest version that is not revoked."""
+    """The version a model offers to every device outside a rollout: its baseline, unless revoked."""
 
     model: str
     model_id: int
@@ -67,12 +67,6 @@ def list_versions(session: Session, *, model_id: int) -> list[ModelVersion]:
 
 
 def list_models(session: Session) -> list[ModelSummary]:
-    offered = (
-        select(ModelVersion.model_id, func.max(ModelVersion.version).label("offered"))
-        .where(ModelVersion.revoked_at.is_(None))
-        .group_by(ModelVersion.model_id)
-        .subquery()
-    )
     counts = (
         select(
             ModelVersion.model_id,
@@ -82,10 +76,16 @@ def list_models(session: Session) -> list[ModelSummary]:
         .group_by(ModelVersion.model_id)
         .subquery()
     )
+    baseline = aliased(ModelVersion)
     rows = session.execute(
-        select(Model.name, Model.created_at, counts.c.versions, counts.c.latest, offered.c.offered)
+        select(Model.name, Model.created_at, counts.c.versions, counts.c.latest, baseline.version)
         .outerjoin(counts, counts.c.model_id == Model.id)
-        .outerjoin(offered, offered.c.model_id == Model.id)
+        .outerjoin(
+            baseline,
+            (baseline.model_id == Model.id)
+            & (baseline.version == Model.baseline_version)
+            & baseline.revoked_at.is_(None),
+        )
         .order_by(Model.name)
     )
     return [
@@ -94,24 +94,25 @@ def list_models(session: Session) -> list[ModelSummary]:
             created_at=r.created_at,
             versions=r.versions or 0,
             latest_version=r.latest,
-            offered_version=r.offered,
+            offered_version=r.version,
         )
         for r in rows
     ]
 
 
 def offered_heads(session: Session) -> dict[str, Head]:
-    """Every model's highest non-revoked version, in one query (the registry view's refresh)."""
-    best = (
-        select(ModelVersion.model_id, func.max(ModelVersion.version).label("version"))
-        .where(ModelVersion.revoked_at.is_(None))
-        .group_by(ModelVersion.model_id)
-        .subquery()
-    )
+    """Every model's baseline that is not revoked, in one query (the registry view's refresh).
+
+    A revoked baseline offers nothing (never an older version: devices refuse downgrades anyway);
+    the next completed rollout sets a new one.
+    """
     rows = session.execute(
         select(Model.name, Model.id, ModelVersion.id, ModelVersion.version)
-        .join(best, best.c.model_id == Model.id)
-        .join(ModelVersion, (ModelVersion.model_id == Model.id) & (ModelVersion.version == best.c.version))
+        .join(
+            ModelVersion,
+            (ModelVersion.model_id == Model.id) & (ModelVersion.version == Model.baseline_version),
+        )
+        .where(ModelVersion.revoked_at.is_(None))
     )
     return {name: Head(name, model_id, version_id, version) for name, model_id, version_id, version in rows}
 

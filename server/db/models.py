@@ -12,6 +12,11 @@ What each table is for:
 - ``admin_tokens``: admin tokens minted by ``ota-server create-token``, stored as sha256 digests.
 - ``deltas``: one row per (model, from, to) pair. Its unique constraint is the *claim* that makes
   sure a delta is computed once, also across server processes sharing the database.
+- ``rollouts`` / ``rollout_history`` / ``rollout_devices`` / ``rollout_metrics``: staged rollouts
+  (see :mod:`server.core.rollouts`). A partial unique index allows one *active* rollout per model;
+  ``revision`` is the compare-and-set counter every state change goes through. ``rollout_devices``
+  holds one row per device offered the version (counting), ``rollout_metrics`` running sums of the
+  agents' ``metrics`` events per version (the gates read these, never the event log).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -30,6 +36,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -57,6 +64,9 @@ class Model(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    baseline_version: Mapped[int | None] = mapped_column(
+        Integer, doc="the version of the last completed rollout: what devices outside a rollout are offered"
+    )
 
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="model", lazy="raise")
 
@@ -171,3 +181,68 @@ class Delta(Base):
     claimed_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(String(500))
+
+
+# The states in which a rollout holds its model (at most one per model: the partial unique index).
+ACTIVE_STATES = ("running", "waiting", "paused")
+_ACTIVE = text("state IN ('running', 'waiting', 'paused')")
+
+
+class Rollout(Base):
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        Index("uq_rollouts_active_model", "model_id", unique=True, postgresql_where=_ACTIVE, sqlite_where=_ACTIVE),
+        Index(None, "state", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), doc="running | waiting | paused | completed | aborted")
+    reason: Mapped[str | None] = mapped_column(String(500))
+    stage: Mapped[int] = mapped_column(Integer, doc="0-based index of the current stage")
+    stage_started_at: Mapped[datetime] = mapped_column()
+    spec: Mapped[dict[str, Any]] = mapped_column(doc="stages, selector, thresholds, gates, auto_advance, timeout")
+    revision: Mapped[int] = mapped_column(Integer, doc="compare-and-set counter: +1 on every change")
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RolloutHistory(Base):
+    __tablename__ = "rollout_history"
+    __table_args__ = (Index(None, "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column()
+    event: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer, doc="the rollout's stage after the event")
+    detail: Mapped[str | None] = mapped_column(String(1000))
+    by: Mapped[str] = mapped_column(String(64), doc="'system' (the controller) or the admin token's name")
+
+
+class RolloutDevice(Base):
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    stage: Mapped[int] = mapped_column(Integer, doc="the stage in which the device was first offered the version")
+    offered_at: Mapped[datetime] = mapped_column()
+    installed_at: Mapped[datetime | None] = mapped_column()
+    failed_at: Mapped[datetime | None] = mapped_column()
+    reason: Mapped[str | None] = mapped_column(String(500))
+
+
+class RolloutMetric(Base):
+    __tablename__ = "rollout_metrics"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    samples: Mapped[int] = mapped_column(BigInteger, default=0, doc="inference requests summed over metrics events")
+    p50_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of p50_ms × requests")
+    p95_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of p95_ms × requests")
+    confidence_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of mean_confidence × requests")
+    validation_failures: Mapped[int] = mapped_column(
+        Integer, default=0, doc="devices that refused it on the golden set"
+    )

@@ -236,6 +236,19 @@ def publish(client: TestClient, data: bytes, model: str = helpers.MODEL) -> dict
     return body
 
 
+IMMEDIATE = {"stages": [{"percent": 100, "soak_seconds": 0}], "min_devices": 0}
+
+
+def release(client: TestClient, data: bytes, model: str = helpers.MODEL) -> dict[str, Any]:
+    """Publish a version and roll it out immediately (one stage of 100 %, no gates, `min_devices` 0):
+    it becomes the model's baseline at once, which is what publishing alone did before rollouts."""
+    body = publish(client, data, model)
+    r = client.post("/v1/rollouts", json={"model": model, "version": body["version"], **IMMEDIATE}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "completed", r.json()
+    return body
+
+
 def download(client: TestClient, url: str, headers: dict[str, str] | None = None) -> Any:
     """GET a download URL from an offer: this app's own (signed) URL, or a presigned S3 URL over real HTTP."""
     if url.startswith("http://testserver/"):

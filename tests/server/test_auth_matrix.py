@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from server.core.security import DeviceIdentity, Signer
 
-from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish
+from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish, release
 
 # Authorization does not depend on the storage backend: both databases, both storages, two pairs.
 pytestmark = pytest.mark.parametrize("env", ["sqlite-file", "postgresql-s3"], indirect=True)
@@ -30,7 +30,11 @@ class Fleet:
 @pytest.fixture()
 def fleet(env: Env) -> Fleet:
     client = env.client()
-    v1 = publish(client, env.artifact(1))
+    v1 = release(client, env.artifact(1))
+    publish(client, env.artifact(2))
+    r = client.post("/v1/rollouts", json={"model": "shapes", "version": 2}, headers=ADMIN)  # rollout 2: running
+    assert r.status_code == 201 and r.json()["id"] == 2, r.text
+    publish(client, env.artifact(1, model="other"), model="other")
     device = enroll(client, "dev-a")
     other = enroll(client, "dev-b")
     doomed = enroll(client, "dev-c")
@@ -66,6 +70,16 @@ ADMIN_ENDPOINTS: dict[str, Call] = {
     "GET /v1/devices/{id}": lambda f, h: f.client.get("/v1/devices/dev-a", headers=h),
     "DELETE /v1/devices/{id}": lambda f, h: f.client.delete("/v1/devices/dev-a", headers=h),
     "GET /v1/fleet": lambda f, h: f.client.get("/v1/fleet", headers=h),
+    "POST /v1/rollouts": lambda f, h: f.client.post("/v1/rollouts", json={"model": "other", "version": 1}, headers=h),
+    "GET /v1/rollouts": lambda f, h: f.client.get("/v1/rollouts", headers=h),
+    "GET /v1/rollouts/{id}": lambda f, h: f.client.get("/v1/rollouts/2", headers=h),
+    "POST /v1/rollouts/{id}/pause": lambda f, h: f.client.post("/v1/rollouts/2/pause", headers=h),
+    "POST /v1/rollouts/{id}/resume": lambda f, h: (
+        f.client.post("/v1/rollouts/2/pause", headers=h),
+        f.client.post("/v1/rollouts/2/resume", headers=h),
+    )[1],
+    "POST /v1/rollouts/{id}/abort": lambda f, h: f.client.post("/v1/rollouts/2/abort", headers=h),
+    "POST /v1/rollouts/{id}/advance": lambda f, h: f.client.post("/v1/rollouts/2/advance", headers=h),
 }
 DEVICE_ENDPOINTS: dict[str, Call] = {
     "GET /v1/device/update": lambda f, h: f.client.get("/v1/device/update?current_version=0", headers=h),

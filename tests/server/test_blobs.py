@@ -13,7 +13,7 @@ import artifact as A
 from server.core.security import Signer
 
 from . import helpers
-from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish
+from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish, release
 
 
 @pytest.fixture()
@@ -106,7 +106,7 @@ def test_unknown_blob_is_404(client: TestClient) -> None:
 
 
 def test_signed_url_works_without_a_token_until_it_expires(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
+    release(client, env.artifact(1))
     token = enroll(client, "dev-1")
     url = client.get("/v1/device/update?current_version=0", headers=bearer(token)).json()["download"]["url"]
     if env.storage == "s3":  # presigned by S3 itself; also serves ranges

@@ -17,7 +17,7 @@ from server.storage import open_storage
 from tests.support import wait_for
 
 from . import helpers
-from .conftest import ADMIN, Env, bearer, download, enroll, publish
+from .conftest import ADMIN, Env, bearer, download, enroll, release
 
 
 def offer_with_delta(client: TestClient, token: str, current: int) -> dict:  # type: ignore[type-arg]
@@ -40,8 +40,8 @@ def test_delta_is_offered_and_rebuilds_the_signed_model(
     env: Env, client: TestClient, signing_key: A.SigningKey
 ) -> None:
     v1, v2 = env.artifact(1), env.artifact(2)
-    publish(client, v1)
-    publish(client, v2)  # the delta 1 → 2 is built eagerly
+    release(client, v1)
+    release(client, v2)  # the delta 1 → 2 is built eagerly
     token = enroll(client, "dev-1")
     offer = offer_with_delta(client, token, 1)
     delta = offer["delta"]
@@ -68,8 +68,8 @@ def test_delta_is_offered_and_rebuilds_the_signed_model(
 
 
 def test_device_without_a_known_version_gets_the_full_payload(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
-    publish(client, env.artifact(2))
+    release(client, env.artifact(1))
+    release(client, env.artifact(2))
     token = enroll(client, "dev-1")
     offer_with_delta(client, token, 1)
     assert client.get("/v1/device/update?current_version=0", headers=bearer(token)).json()["delta"] is None
@@ -77,7 +77,7 @@ def test_device_without_a_known_version_gets_the_full_payload(env: Env, client: 
 
 def test_delta_from_an_older_version_is_built_lazily(env: Env, client: TestClient) -> None:
     for v in (1, 2, 3):
-        publish(client, env.artifact(v))
+        release(client, env.artifact(v))
     token = enroll(client, "dev-1")
     offer = offer_with_delta(client, token, 1)  # 1 → 3 was not built at publish time
     assert offer["version"] == 3 and offer["delta"]["from_version"] == 1
@@ -86,8 +86,8 @@ def test_delta_from_an_older_version_is_built_lazily(env: Env, client: TestClien
 
 
 def test_delta_not_worth_it_is_not_offered(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1, onnx_bytes=helpers.tiny_classifier(1)))
-    publish(client, env.artifact(2, onnx_bytes=helpers.tiny_classifier(2)))  # unrelated weights
+    release(client, env.artifact(1, onnx_bytes=helpers.tiny_classifier(1)))
+    release(client, env.artifact(2, onnx_bytes=helpers.tiny_classifier(2)))  # unrelated weights
     token = enroll(client, "dev-1")
 
     def settled() -> list:  # type: ignore[type-arg]
@@ -103,8 +103,8 @@ def test_delta_not_worth_it_is_not_offered(env: Env, client: TestClient) -> None
 
 
 def test_unknown_base_version_gets_no_delta_and_no_row(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(2))
-    publish(client, env.artifact(4))
+    release(client, env.artifact(2))
+    release(client, env.artifact(4))
     token = enroll(client, "dev-1")
     for _ in range(3):
         assert client.get("/v1/device/update?current_version=3", headers=bearer(token)).json()["delta"] is None
@@ -122,7 +122,7 @@ def test_delta_is_built_once_across_two_server_processes(env: Env) -> None:
         v: env.artifact(v, onnx_bytes=helpers.tiny_classifier(0, version_tweak=v, extra_rows=4000)) for v in (1, 2, 3)
     }
     for v in (1, 2, 3):
-        publish(a, big[v])
+        release(a, big[v])
     wait_for(lambda: builds(a).get("ready", 0) == 2, what="the eager deltas")
     tokens = [enroll(a, f"dev-{i}") for i in range(8)]
     wait_for(
@@ -150,7 +150,7 @@ def test_delta_is_built_once_across_two_server_processes(env: Env) -> None:
 def _three_versions_with_a_claim(env: Env, client: TestClient, claimed_by: str, claimed_at: datetime) -> None:
     """v1…v3 published, and the 1 → 3 delta claimed (status pending) by another process."""
     for version in (1, 2, 3):
-        publish(client, env.artifact(version))
+        release(client, env.artifact(version))
     engine = create_engine(env.database_url)
     try:
         with engine.begin() as conn:
@@ -186,7 +186,7 @@ def test_fresh_claim_by_another_process_is_left_alone(env: Env, client: TestClie
 
 def test_delta_is_built_from_the_payload_when_the_onnx_blob_is_gone(env: Env, client: TestClient) -> None:
     v1 = env.artifact(1)
-    body = publish(client, v1)
+    body = release(client, v1)
     storage = open_storage(env.settings())
     if env.storage == "file":
         sha = body["onnx"]["sha256"]
@@ -194,7 +194,7 @@ def test_delta_is_built_from_the_payload_when_the_onnx_blob_is_gone(env: Env, cl
     else:
         storage._client.delete_object(Bucket=storage.bucket, Key=storage.key(body["onnx"]["sha256"]))  # type: ignore[attr-defined]
     assert not storage.exists(body["onnx"]["sha256"])
-    publish(client, env.artifact(2))
+    release(client, env.artifact(2))
     token = enroll(client, "dev-1")
     offer = offer_with_delta(client, token, 1)
     rebuilt = A.apply_delta(helpers.onnx_of(v1), download(client, offer["delta"]["url"]).content)

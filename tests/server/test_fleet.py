@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, delete, select
 
 from server.db.models import Device
 
-from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish
+from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish, release
 
 
 def events(client: TestClient, token: str, *items: dict[str, Any]) -> Any:
@@ -181,8 +181,8 @@ def test_malformed_events_are_422_and_change_nothing(client: TestClient, body: A
 
 
 def test_fleet_counts_devices_per_version_and_status(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
-    publish(client, env.artifact(2))
+    release(client, env.artifact(1))
+    release(client, env.artifact(2))
     tokens = [enroll(client, f"cam-{i}") for i in range(5)]
     enroll(client, "other-1", model="other")
     for t in tokens[:3]:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from server.core.security import DeviceIdentity, Signer
 from server.observability import JsonFormatter
 
-from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, closed_port, enroll, publish
+from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, closed_port, enroll, publish, release
 
 
 def metric(client: TestClient, name: str, **labels: str) -> float:
@@ -31,7 +31,7 @@ def test_healthz_and_readyz(client: TestClient) -> None:
 
 def test_metrics_count_polls_offers_bytes_publishes_and_errors(env: Env, client: TestClient) -> None:
     data = env.artifact(1)
-    body = publish(client, data)
+    body = release(client, data)
     publish(client, data)
     client.post("/v1/models/shapes/versions", content=b"junk", headers=ADMIN)
     token = enroll(client, "cam-1")

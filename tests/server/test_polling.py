@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 import artifact as A
 from tests.support import wait_for
 
-from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish
+from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, release
 
 
 def poll(client: TestClient, token: str, current: int | None = None, **headers: str):  # type: ignore[no-untyped-def]
@@ -27,7 +27,7 @@ def test_nothing_published_is_204_with_poll_interval(client: TestClient) -> None
 
 def test_offer_carries_exactly_the_signed_manifest(env: Env, client: TestClient, signing_key: A.SigningKey) -> None:
     data = env.artifact(1)
-    publish(client, data)
+    release(client, data)
     token = enroll(client, "dev-1")
     r = poll(client, token, 0)
     assert r.status_code == 200
@@ -58,36 +58,36 @@ def test_offer_carries_exactly_the_signed_manifest(env: Env, client: TestClient,
 
 
 def test_current_device_gets_204(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
+    release(client, env.artifact(1))
     token = enroll(client, "dev-1")
     assert poll(client, token, 1).status_code == 204
     assert poll(client, token, 5).status_code == 204  # a device ahead of the registry is never moved back
 
 
 def test_device_gets_only_its_own_model(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1, model="other"), model="other")
+    release(client, env.artifact(1, model="other"), model="other")
     token = enroll(client, "dev-1", model="shapes")
     assert poll(client, token, 0).status_code == 204
-    publish(client, env.artifact(1))
+    release(client, env.artifact(1))
     assert poll(client, token, 0).json()["model"] == "shapes"
 
 
 def test_unchanged_offer_is_304_with_if_none_match(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
+    release(client, env.artifact(1))
     token = enroll(client, "dev-1")
     first = poll(client, token, 0)
     etag = first.headers["etag"]
     again = poll(client, token, 0, **{"If-None-Match": etag})
     assert again.status_code == 304 and again.content == b""
     assert again.headers["etag"] == etag
-    publish(client, env.artifact(2))
+    release(client, env.artifact(2))
     changed = poll(client, token, 0, **{"If-None-Match": etag})
     assert changed.status_code == 200 and changed.json()["version"] == 2
     assert changed.headers["etag"] != etag
 
 
 def test_poll_without_current_version_uses_the_reported_one(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
+    release(client, env.artifact(1))
     token = enroll(client, "dev-1")
     assert poll(client, token).json()["version"] == 1  # nothing reported yet: offered
     client.post("/v1/device/events", json=[{"type": "installed", "version": 1}], headers=bearer(token))
@@ -95,25 +95,26 @@ def test_poll_without_current_version_uses_the_reported_one(env: Env, client: Te
 
 
 def test_revoked_version_is_never_offered_again(env: Env, client: TestClient) -> None:
-    publish(client, env.artifact(1))
-    publish(client, env.artifact(2))
+    release(client, env.artifact(1))
+    release(client, env.artifact(2))
     token = enroll(client, "dev-1")
     assert poll(client, token, 0).json()["version"] == 2
     r = client.post("/v1/models/shapes/versions/2/revoke", json={"reason": "accuracy regression"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["revoked"] is True
     assert r.json()["revoked_reason"] == "accuracy regression"
-    assert poll(client, token, 0).json()["version"] == 1
+    # A revoked baseline offers nothing, not the version before it: a new rollout moves the fleet on.
+    assert poll(client, token, 0).status_code == 204
     assert poll(client, token, 1).status_code == 204
     assert client.post("/v1/models/shapes/versions/2/revoke", headers=ADMIN).json()["revoked_reason"] == (
         "accuracy regression"
     )
-    assert [m["offered_version"] for m in client.get("/v1/models", headers=ADMIN).json()] == [1]
+    assert [m["offered_version"] for m in client.get("/v1/models", headers=ADMIN).json()] == [None]
 
 
 def test_revocation_reaches_every_server_process_before_revoke_returns(env: Env) -> None:
     a, b = env.client(cache_seconds=0.2), env.client(cache_seconds=0.2)
-    publish(a, env.artifact(1))
-    publish(a, env.artifact(2))
+    release(a, env.artifact(1))
+    release(a, env.artifact(2))
     token = enroll(a, "dev-1")
     wait_for(lambda: poll(b, token, 1).status_code == 200, what="the second process to see version 2")
     assert a.post("/v1/models/shapes/versions/2/revoke", headers=ADMIN).status_code == 200

@@ -34,7 +34,7 @@ def test_publish_then_list_and_inspect(env: Env, client: TestClient) -> None:
             "created_at": models[0]["created_at"],
             "versions": 1,
             "latest_version": 1,
-            "offered_version": 1,
+            "offered_version": None,  # published, not rolled out: no device is offered it yet
         }
     ]
     assert [v["version"] for v in client.get("/v1/models/shapes/versions", headers=ADMIN).json()] == [1]

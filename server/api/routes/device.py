@@ -1,9 +1,10 @@
 """Device endpoints: enroll, poll for an update, report events.
 
 The poll is the hottest path of the server. It authenticates without a database round trip (a
-signed token and the in-memory revocation list), reads the offered version from the in-memory
-registry view, and records last-seen in a batch (:mod:`server.core.seen`): when the device is current,
-it touches no database and no storage at all.
+signed token and the in-memory revocation list), decides between the model's rollout and its
+baseline from the in-memory registry view (:func:`server.core.rollouts.choose_offer`), and records
+last-seen and rollout offers in batches (:mod:`server.core.seen`, :class:`server.core.rollouts.OfferBuffer`):
+when the device is current, it touches no database and no storage at all.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...core.offers import etag_matches
+from ...core.rollouts import choose_offer
 from .. import schemas
 from ..deps import DeviceDep, EnrolledDeviceDep, EnrollmentDep, ServicesDep, services_of
 
@@ -74,7 +76,7 @@ def _current_version(request: Request) -> int | None:
     summary="What should this device run? 204: nothing new; 200: an offer",
     response_model=schemas.UpdateOffer,
     responses={
-        204: {"description": "the device runs the offered version (or newer), or nothing is published"},
+        204: {"description": "the device runs the offered version (or newer), or nothing is rolled out to it"},
         304: {"description": "the offer is the one named by If-None-Match"},
         **PROBLEMS,
     },
@@ -106,8 +108,16 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
     headers = {POLL_INTERVAL_HEADER: str(interval), "Cache-Control": "no-store"}
     if current_version is None:  # the version it last reported (EnrolledDeviceDep's check, only when needed)
         current_version = (await run_in_threadpool(services.fleet.enrolled, device.pk)).installed_version
-    head = snapshot.heads.get(device.model)
-    if head is None or (current_version is not None and head.version <= current_version):
+    choice = choose_offer(
+        device_pk=device.pk,
+        device_id=device.device_id,
+        current=current_version,
+        baseline=snapshot.heads.get(device.model),
+        rollout=snapshot.rollouts.get(device.model),
+    )
+    services.rollouts.offers.note(choice, device.pk)
+    head = choice.head
+    if head is None:
         services.metrics.poll_current.inc()
         return Response(status_code=204, headers=headers)
     content = services.offers.cached_content(head.version_id)

@@ -1,0 +1,818 @@
+"""Staged rollouts: cohorts, counting, gates, verdicts, and the controller that applies them.
+
+A version reaches devices only through a rollout. Outside rollouts a device is offered its model's
+*baseline* (the version of the last completed rollout). The pieces, in the order a rollout lives:
+
+- **Cohorts** (:func:`bucket`): ``sha256("{rollout_id}:{device_id}")[:8] % 10000``; a device is in
+  stage k when its bucket is below ``percent_k × 100``. Pure arithmetic on ids, so every process
+  agrees, raising a percentage only adds devices, and a device that enrolls later falls in or out
+  by the same rule. A selector (labels that must all match) narrows the fleet first.
+- **Offers** (:func:`choose_offer`, :class:`OfferBuffer`): the poll decides in memory from the
+  registry view's snapshot; "offered" is buffered and written in batches, insert-if-absent.
+- **Counting** (:func:`count_stages`): per stage cohort, from ``rollout_devices``: offered,
+  installed, failed (a ``failed``/``rolled_back`` event, or no install within the timeout),
+  pending, not reached. Rates use decided devices only (installed + failed).
+- **Gates** (:func:`judge_gates`): from the per-version running sums in ``rollout_metrics``.
+- **Verdicts** (:func:`decide`): halt, advance (or wait), complete — missing data never advances.
+- **Transitions** (:class:`RolloutService`): every change, by the controller or an admin, is one
+  compare-and-set on the rollout's ``revision`` plus its history row in the same transaction; only
+  the process whose update matched counts it. So two server processes evaluating the same rollout
+  at the same moment make exactly one transition, never two and never none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+from starlette.concurrency import run_in_threadpool
+
+from ..data import registry as registry_data
+from ..data import rollouts as data
+from ..data.registry import Head
+from ..data.rollouts import DeviceRow, Session
+from ..db.models import Rollout, RolloutMetric
+from ..db.session import Database, utcnow
+from ..errors import (
+    DatabaseUnavailableError,
+    ModelNotFoundError,
+    RolloutActiveError,
+    RolloutNotFoundError,
+    RolloutTransitionError,
+    VersionNotAboveBaselineError,
+    VersionNotFoundError,
+    VersionRevokedError,
+)
+from ..observability import Metrics
+from .deltas import DeltaService
+
+log = logging.getLogger("ota.rollouts")
+
+RUNNING, WAITING, PAUSED, COMPLETED, ABORTED = "running", "waiting", "paused", "completed", "aborted"
+OFFERING = (RUNNING, WAITING)  # paused, aborted and completed rollouts offer nothing new
+SYSTEM = "system"
+VALIDATION_FAILED = "validation_failed"  # the agent's reason code for a golden-set refusal (device_agent.policy)
+GATE_BOUNDS = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
+Action = Literal["pause", "resume", "abort", "advance"]
+
+
+# -- the specification --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    percent: float
+    soak_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    metric: str
+    threshold: float
+    min_samples: int
+
+    @property
+    def bound(self) -> str:
+        return GATE_BOUNDS[self.metric]
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    """What the operator asked for (validated by the API schema), plus the baseline it is judged against."""
+
+    stages: tuple[Stage, ...]
+    selector: Mapping[str, str] = field(default_factory=dict)
+    min_devices: int = 10
+    success_threshold: float = 0.95
+    failure_threshold: float = 0.05
+    install_timeout_seconds: int = 3600
+    auto_advance: bool = True
+    gates: tuple[Gate, ...] = ()
+    baseline: int | None = None  # the model's baseline when the rollout was created
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stages": [{"percent": _num(s.percent), "soak_seconds": s.soak_seconds} for s in self.stages],
+            "selector": dict(self.selector),
+            "min_devices": self.min_devices,
+            "success_threshold": self.success_threshold,
+            "failure_threshold": self.failure_threshold,
+            "install_timeout_seconds": self.install_timeout_seconds,
+            "auto_advance": self.auto_advance,
+            "gates": [{"metric": g.metric, g.bound: g.threshold, "min_samples": g.min_samples} for g in self.gates],
+            "baseline": self.baseline,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> RolloutSpec:
+        return cls(
+            stages=tuple(Stage(float(s["percent"]), int(s["soak_seconds"])) for s in doc["stages"]),
+            selector=dict(doc.get("selector") or {}),
+            min_devices=int(doc["min_devices"]),
+            success_threshold=float(doc["success_threshold"]),
+            failure_threshold=float(doc["failure_threshold"]),
+            install_timeout_seconds=int(doc["install_timeout_seconds"]),
+            auto_advance=bool(doc["auto_advance"]),
+            gates=tuple(
+                Gate(g["metric"], float(g[GATE_BOUNDS[g["metric"]]]), int(g["min_samples"])) for g in doc["gates"]
+            ),
+            baseline=doc.get("baseline"),
+        )
+
+
+def _num(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+# -- cohorts and the poll -----------------------------------------------------------------------
+
+
+def bucket(rollout_id: int, device_id: str) -> int:
+    """The device's place in this rollout, 0…9999 (DESIGN.md's rule, exactly)."""
+    return int(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()[:8], 16) % 10000
+
+
+def in_stage(bucket_value: int, percent: float) -> bool:
+    return bucket_value < percent * 100
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass(frozen=True, slots=True)
+class PollRollout:
+    """What the poll needs of an offering rollout: loaded with the registry view, never per request."""
+
+    rollout_id: int
+    head: Head  # the rollout's version
+    stage: int
+    percent: float
+    members: frozenset[int] | None  # devices matching a non-empty selector; None: every device of the model
+
+    def includes(self, device_pk: int, device_id: str) -> bool:
+        if self.members is not None and device_pk not in self.members:
+            return False
+        return in_stage(bucket(self.rollout_id, device_id), self.percent)
+
+
+def poll_rollouts(session: Session) -> dict[str, PollRollout]:
+    """Every offering rollout by model name: one query, plus one per rollout with a selector."""
+    out: dict[str, PollRollout] = {}
+    for active in data.active_rollouts(session):
+        r = active.rollout
+        if r.state not in OFFERING or active.revoked:
+            continue
+        spec = RolloutSpec.from_json(r.spec)
+        members = None
+        if spec.selector:
+            devices = data.model_devices(session, model_name=active.model, selector=spec.selector)
+            members = frozenset(pk for pk, _ in devices)
+        head = Head(active.model, r.model_id, active.version_id, r.version)
+        out[active.model] = PollRollout(r.id, head, r.stage, spec.stages[r.stage].percent, members)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    head: Head | None  # what to offer; None: 204
+    rollout: PollRollout | None = None  # set when the device is in the rollout's current cohort
+    installed: bool = False  # …and already runs its version
+
+
+def choose_offer(
+    *,
+    device_pk: int,
+    device_id: str,
+    current: int | None,
+    baseline: Head | None,
+    rollout: PollRollout | None,
+) -> Choice:
+    """The rollout's version for a device in its current cohort, else the baseline if newer, else nothing."""
+    if rollout is not None and rollout.includes(device_pk, device_id):
+        if current is None or current < rollout.head.version:
+            return Choice(rollout.head, rollout)
+        return Choice(None, rollout, installed=current == rollout.head.version)
+    if baseline is not None and (current is None or baseline.version > current):
+        return Choice(baseline)
+    return Choice(None)
+
+
+class OfferBuffer:
+    """ "Offered" records from polls, written in batches like last-seen (no database write on the poll).
+
+    The first offer per (rollout, device) is kept with its time and stage; a flush inserts the
+    batch, skipping devices that already have a row (another process may have written it).
+    """
+
+    KEEP_ROLLOUTS = 16
+
+    def __init__(self, db: Database, *, interval: float) -> None:
+        self.db = db
+        self.interval = interval
+        self._pending: dict[tuple[int, int], tuple[int, datetime, bool]] = {}
+        self._written: dict[int, set[int]] = {}  # rollout id → device pks known to have a row
+        self._lock = threading.Lock()
+
+    def note(self, choice: Choice, device_pk: int) -> None:
+        r = choice.rollout
+        if r is None:
+            return
+        written = self._written.get(r.rollout_id)
+        if written is not None and device_pk in written:
+            return
+        key = (r.rollout_id, device_pk)
+        if key not in self._pending:
+            with self._lock:
+                self._pending.setdefault(key, (r.stage, datetime.now(UTC), choice.installed))
+
+    def flush(self) -> int:
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return 0
+        rows = [
+            {
+                "rollout_id": rid,
+                "device_pk": pk,
+                "stage": stage,
+                "offered_at": at,
+                "installed_at": at if installed else None,
+            }
+            for (rid, pk), (stage, at, installed) in sorted(batch.items())
+        ]
+        try:
+            with self.db.session() as session:
+                data.record_offers(session, rows=rows)
+                session.commit()
+        except DatabaseUnavailableError:
+            with self._lock:
+                for key, value in batch.items():
+                    self._pending.setdefault(key, value)
+            raise
+        with self._lock:
+            for rid, pk in batch:
+                self._written.setdefault(rid, set()).add(pk)
+            while len(self._written) > self.KEEP_ROLLOUTS:
+                del self._written[min(self._written)]
+        return len(batch)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await run_in_threadpool(self.flush)
+            except DatabaseUnavailableError as e:
+                log.warning("offer flush failed, will retry: %s", e.detail)
+
+
+# -- counting, gates, verdicts (pure) -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    cohort: int
+    offered: int
+    installed: int
+    failed: int
+
+    @property
+    def pending(self) -> int:
+        return self.offered - self.installed - self.failed
+
+    @property
+    def not_reached(self) -> int:
+        return self.cohort - self.offered
+
+    @property
+    def decided(self) -> int:
+        return self.installed + self.failed
+
+
+def count_stages(
+    spec: RolloutSpec, buckets: Mapping[int, int], rows: Iterable[DeviceRow], now: datetime
+) -> list[Counts]:
+    """Counts per stage cohort. `buckets`: device pk → bucket for the selector's devices; cohorts nest."""
+    timeout = timedelta(seconds=spec.install_timeout_seconds)
+    by_pk = {r.device_pk: r for r in rows}
+    out = []
+    for stage in spec.stages:
+        cohort = offered = installed = failed = 0
+        for pk, b in buckets.items():
+            if not in_stage(b, stage.percent):
+                continue
+            cohort += 1
+            row = by_pk.get(pk)
+            if row is None:
+                continue
+            offered += 1
+            if row.installed_at is not None:
+                installed += 1
+            elif row.failed_at is not None or row.offered_at + timeout <= now:
+                failed += 1
+        out.append(Counts(cohort, offered, installed, failed))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class GateResult:
+    metric: str
+    value: float | None
+    threshold: float
+    samples: int
+    status: Literal["pass", "fail", "pending"]
+    detail: str
+
+
+def _mean(m: RolloutMetric | None, total: Callable[[RolloutMetric], float]) -> float | None:
+    if m is None or m.samples <= 0:
+        return None
+    return total(m) / m.samples
+
+
+def judge_gates(spec: RolloutSpec, version: int, sums: Mapping[int, RolloutMetric]) -> list[GateResult]:
+    """Each gate against the running sums of the new version and the baseline (over the selector)."""
+    new, base = sums.get(version), sums.get(spec.baseline) if spec.baseline is not None else None
+    samples = new.samples if new is not None else 0
+    out = []
+    for g in spec.gates:
+        if g.metric == "validation_failures":
+            count = new.validation_failures if new is not None else 0
+            if count > g.threshold:
+                out.append(GateResult(g.metric, count, g.threshold, samples, "fail", f"{count} golden-set refusals"))
+            elif samples < g.min_samples:
+                out.append(_pending(g, count, samples, f"{samples} of {g.min_samples} samples on v{version}"))
+            else:
+                out.append(GateResult(g.metric, count, g.threshold, samples, "pass", f"{count} golden-set refusals"))
+            continue
+        if samples == 0 or samples < g.min_samples:
+            out.append(_pending(g, None, samples, f"{samples} of {max(1, g.min_samples)} samples on v{version}"))
+            continue
+        if spec.baseline is None:
+            out.append(_pending(g, None, samples, "no baseline version to compare with (the model's first rollout)"))
+            continue
+        base_samples = base.samples if base is not None else 0
+        if base_samples == 0 or base_samples < g.min_samples:
+            needed = max(1, g.min_samples)
+            detail = f"no baseline version metrics yet: {base_samples} of {needed} samples on v{spec.baseline}"
+            out.append(_pending(g, None, samples, detail))
+            continue
+        if g.metric == "latency_p95_ratio":
+            new_p95, base_p95 = _mean(new, lambda m: m.p95_sum), _mean(base, lambda m: m.p95_sum)
+            if not new_p95 or not base_p95:
+                out.append(_pending(g, None, samples, "p95 latency of 0 ms cannot be compared"))
+                continue
+            value = new_p95 / base_p95
+            detail = f"p95 {new_p95:.3f} ms on v{version} vs {base_p95:.3f} ms on v{spec.baseline}"
+        else:
+            new_c, base_c = _mean(new, lambda m: m.confidence_sum), _mean(base, lambda m: m.confidence_sum)
+            assert new_c is not None and base_c is not None  # both have samples
+            value = new_c - base_c
+            detail = f"mean confidence {new_c:.4f} on v{version} vs {base_c:.4f} on v{spec.baseline}"
+        ok = value <= g.threshold if g.bound == "max" else value >= g.threshold
+        out.append(GateResult(g.metric, round(value, 4), g.threshold, samples, "pass" if ok else "fail", detail))
+    return out
+
+
+def _pending(g: Gate, value: float | None, samples: int, detail: str) -> GateResult:
+    return GateResult(g.metric, value, g.threshold, samples, "pending", detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    event: str  # the history event: halted, stage_advanced, stage_passed, completed, aborted
+    state: str
+    stage: int
+    reason: str | None
+    detail: str
+
+
+def decide(
+    spec: RolloutSpec,
+    *,
+    state: str,
+    stage: int,
+    counts: Counts,
+    gates: Sequence[GateResult],
+    stage_started_at: datetime,
+    now: datetime,
+) -> Decision | None:
+    """The controller's verdict on a running (or waiting) rollout's current stage, or None: keep going.
+
+    Halting is judged in `waiting` too (a bad canary stops even while it waits for an operator);
+    advancing only in `running`. A cohort smaller than `min_devices` is judged once all of it has
+    decided — otherwise a small fleet could neither halt nor advance.
+    """
+    required = min(spec.min_devices, counts.cohort)
+    decided = counts.decided
+    where = f"stage {stage + 1} of {len(spec.stages)} ({_num(spec.stages[stage].percent)} %)"
+    if decided > 0 and decided >= required and counts.failed / decided > spec.failure_threshold:
+        detail = (
+            f"{counts.failed} of {decided} decided devices failed ({counts.failed / decided:.1%} > "
+            f"{spec.failure_threshold:.1%}) in {where}"
+        )
+        return Decision("halted", PAUSED, stage, "failure_threshold", detail)
+    for g in gates:
+        if g.status == "fail":
+            bound = "≤" if GATE_BOUNDS[g.metric] == "max" else "≥"
+            detail = (
+                f"{g.metric} = {g.value} must be {bound} {g.threshold} ({g.detail}; {g.samples} samples) in {where}"
+            )
+            return Decision("halted", PAUSED, stage, f"gate:{g.metric}", detail)
+    if state != RUNNING:
+        return None
+    soak_end = stage_started_at + timedelta(seconds=spec.stages[stage].soak_seconds)
+    if now < soak_end or decided < required:
+        return None
+    if decided > 0 and counts.installed / decided < spec.success_threshold:
+        return None
+    if any(g.status != "pass" for g in gates):
+        return None
+    summary = f"{where} passed: {counts.installed} installed, {counts.failed} failed of {counts.cohort}"
+    if stage == len(spec.stages) - 1:
+        return Decision("completed", COMPLETED, stage, None, summary)
+    if spec.auto_advance:
+        return Decision("stage_advanced", RUNNING, stage + 1, None, summary)
+    return Decision("stage_passed", WAITING, stage, "waiting for an operator to advance", summary)
+
+
+def plan_action(r: Rollout, action: Action, *, reason: str | None, by: str) -> Decision:
+    """An admin's pause/resume/abort/advance as a transition, or :class:`RolloutTransitionError`."""
+    last = len(r.spec["stages"]) - 1
+    said = f": {reason}" if reason else ""
+    if r.state in (COMPLETED, ABORTED):
+        raise RolloutTransitionError(f"rollout {r.id} is {r.state}; it cannot {action} any more")
+    if action == "pause":
+        if r.state == PAUSED:
+            raise RolloutTransitionError(f"rollout {r.id} is already paused")
+        return Decision("paused", PAUSED, r.stage, reason or f"paused by {by}", f"paused by {by}{said}")
+    if action == "resume":
+        if r.state != PAUSED:
+            raise RolloutTransitionError(f"rollout {r.id} is {r.state}, not paused; only a paused rollout resumes")
+        return Decision("resumed", RUNNING, r.stage, None, f"resumed by {by}{said}")
+    if action == "abort":
+        return Decision("aborted", ABORTED, r.stage, reason or f"aborted by {by}", f"aborted by {by}{said}")
+    if r.stage == last:
+        return Decision("completed", COMPLETED, r.stage, None, f"completed by {by} (manual advance){said}")
+    return Decision("advanced", RUNNING, r.stage + 1, None, f"advanced to stage {r.stage + 2} by {by}{said}")
+
+
+# -- what an admin reads ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StageView:
+    percent: float
+    soak_seconds: int
+    state: str  # passed | running | paused | aborted | not_started
+    started_at: datetime | None
+    counts: Counts
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    at: datetime
+    event: str
+    stage: int
+    detail: str | None
+    by: str
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    id: int
+    model: str
+    version: int
+    state: str
+    reason: str | None
+    stage: int
+    spec: RolloutSpec
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    stages: list[StageView]
+    gates: list[GateResult]
+    history: list[HistoryEntry]
+
+
+def _stage_state(i: int, r: Rollout) -> str:
+    if i < r.stage:
+        return "passed"
+    if i > r.stage:
+        return "not_started"
+    return {RUNNING: "running", WAITING: "passed", PAUSED: "paused", COMPLETED: "passed"}.get(r.state, "aborted")
+
+
+# -- the service --------------------------------------------------------------------------------
+
+
+class EventLike(Protocol):
+    """The fields of a device event this module reads (the API's `Event` has them)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def version(self) -> int | None: ...
+    @property
+    def from_version(self) -> int | None: ...
+    @property
+    def reason(self) -> str | None: ...
+    @property
+    def metrics(self) -> dict[str, float] | None: ...
+
+
+class RolloutService:
+    """Creates rollouts, applies admin actions, evaluates active rollouts, folds device events in.
+
+    Each method owns its transaction. `on_change` (the registry view's refresh) runs after every
+    transition so that this process's polls follow at once; other processes within their cache
+    interval.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        metrics: Metrics,
+        deltas: DeltaService,
+        *,
+        on_change: Callable[[], object],
+        eval_seconds: float,
+        flush_seconds: float,
+    ) -> None:
+        self.db = db
+        self.metrics = metrics
+        self.deltas = deltas
+        self.on_change = on_change
+        self.eval_seconds = eval_seconds
+        self.offers = OfferBuffer(db, interval=flush_seconds)
+        self._buckets: dict[int, dict[int, int]] = {}  # rollout id → device pk → bucket (ids never change)
+        self._lock = threading.Lock()
+
+    # -- admin ----------------------------------------------------------------------------------
+
+    def create(self, *, model: str, version: int, spec: RolloutSpec, by: str) -> RolloutView:
+        now = utcnow()
+        with self.db.session() as session:
+            m = registry_data.get_model(session, name=model)
+            if m is None:
+                raise ModelNotFoundError(f"no model {model!r} has been published")
+            row = registry_data.get_version(session, model_id=m.id, version=version)
+            if row is None:
+                raise VersionNotFoundError(f"model {model!r} has no version {version}")
+            if row.revoked_at is not None:
+                raise VersionRevokedError(f"version {version} of {model!r} is revoked; it cannot be rolled out")
+            if m.baseline_version is not None and version <= m.baseline_version:
+                raise VersionNotAboveBaselineError(
+                    f"version {version} of {model!r} is not above its baseline v{m.baseline_version}; "
+                    "to go back, publish the old weights as a new version and roll that out"
+                )
+            active = data.active_for_model(session, model_name=model)
+            if active is not None:
+                raise RolloutActiveError(
+                    f"{model!r} already has an active rollout ({active.rollout.id}, v{active.rollout.version}, "
+                    f"{active.rollout.state}); abort it or let it finish first"
+                )
+            spec = replace(spec, baseline=m.baseline_version)
+            rollout = Rollout(
+                model_id=m.id,
+                version=version,
+                state=RUNNING,
+                reason=None,
+                stage=0,
+                stage_started_at=now,
+                spec=spec.to_json(),
+                revision=0,
+                created_by=by,
+                created_at=now,
+                updated_at=now,
+            )
+            data.create_rollout(session, rollout=rollout)
+            stages = " → ".join(f"{_num(s.percent)} %" for s in spec.stages)
+            base = f"v{spec.baseline}" if spec.baseline is not None else "none"
+            detail = f"v{version} in stages {stages}; baseline {base}"
+            data.add_history(session, rollout_id=rollout.id, at=now, event="created", stage=0, detail=detail, by=by)
+            session.commit()
+            rollout_id, model_id, baseline = rollout.id, m.id, m.baseline_version
+        self.metrics.rollout_transitions.labels("created").inc()
+        if baseline is not None:
+            self.deltas.request(model_id, baseline, version)  # most of the cohort runs the baseline
+        self.evaluate_once(rollout_id=rollout_id)  # an immediate rollout to an empty cohort completes now
+        self.on_change()
+        return self.get(rollout_id)
+
+    def act(self, rollout_id: int, action: Action, *, reason: str | None, by: str) -> RolloutView:
+        """Pause, resume, abort or advance; :class:`RolloutTransitionError` when the state does not allow it."""
+        for _ in range(10):
+            with self.db.session() as session:
+                r = data.get_rollout(session, rollout_id=rollout_id)
+                if r is None:
+                    raise RolloutNotFoundError(f"no rollout {rollout_id}")
+                decision = plan_action(r, action, reason=reason, by=by)
+                seen = r.revision
+            if self._transition(r, seen, decision, by=by):
+                break
+        else:  # pragma: no cover - ten lost races in a row
+            raise RolloutTransitionError(f"rollout {rollout_id} kept changing; try again")
+        if action in ("resume", "advance"):
+            self.evaluate_once(rollout_id=rollout_id)
+        self.on_change()
+        return self.get(rollout_id)
+
+    def get(self, rollout_id: int, now: datetime | None = None) -> RolloutView:
+        with self.db.session() as session:
+            r = data.get_rollout(session, rollout_id=rollout_id)
+            if r is None:
+                raise RolloutNotFoundError(f"no rollout {rollout_id}")
+            return self._describe(session, r, now or utcnow())
+
+    def list_rollouts(self, *, model: str | None, state: str | None, limit: int) -> list[RolloutView]:
+        now = utcnow()
+        with self.db.session() as session:
+            model_id = None
+            if model is not None:
+                m = registry_data.get_model(session, name=model)
+                if m is None:
+                    return []
+                model_id = m.id
+            rows = data.list_rollouts(session, model_id=model_id, state=state, limit=limit)
+            return [self._describe(session, r, now) for r in rows]
+
+    # -- the controller -------------------------------------------------------------------------
+
+    def evaluate_once(self, *, rollout_id: int | None = None, now: datetime | None = None) -> list[str]:
+        """Judge every active rollout (or one) once; returns the transitions this process made."""
+        now = now or utcnow()
+        plans: list[tuple[Rollout, Decision]] = []
+        with self.db.session() as session:
+            for active in data.active_rollouts(session):
+                r = active.rollout
+                if rollout_id is not None and r.id != rollout_id:
+                    continue
+                if active.revoked:
+                    detail = f"v{r.version} was revoked; nothing more is offered"
+                    plans.append((r, Decision("aborted", ABORTED, r.stage, "version_revoked", detail)))
+                    continue
+                if r.state not in OFFERING:
+                    continue
+                spec = RolloutSpec.from_json(r.spec)
+                counts = self._counts(session, r, spec, active.model, now)[r.stage]
+                gates = judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id))
+                decision = decide(
+                    spec,
+                    state=r.state,
+                    stage=r.stage,
+                    counts=counts,
+                    gates=gates,
+                    stage_started_at=r.stage_started_at,
+                    now=now,
+                )
+                if decision is not None:
+                    plans.append((r, decision))
+        made = [d.event for r, d in plans if self._transition(r, r.revision, d, by=SYSTEM, now=now)]
+        if made and rollout_id is None:
+            self.on_change()
+        return made
+
+    async def run(self) -> None:
+        """Evaluate every `eval_seconds` until cancelled; failures are logged and retried."""
+        while True:
+            began = time.monotonic()
+            try:
+                await run_in_threadpool(self.evaluate_once)
+            except DatabaseUnavailableError as e:
+                log.warning("rollout evaluation failed: %s", e.detail)
+            await asyncio.sleep(max(0.0, self.eval_seconds - (time.monotonic() - began)))
+
+    def _transition(self, r: Rollout, seen_revision: int, d: Decision, *, by: str, now: datetime | None = None) -> bool:
+        """Compare-and-set the rollout from `seen_revision`; the history row and baseline move with it."""
+        now = now or utcnow()
+        values: dict[str, Any] = {"state": d.state, "reason": d.reason, "stage": d.stage, "updated_at": now}
+        if d.stage != r.stage:
+            values["stage_started_at"] = now
+        with self.db.session() as session:
+            if not data.compare_and_set(session, rollout_id=r.id, seen_revision=seen_revision, values=values):
+                session.rollback()
+                return False
+            data.add_history(session, rollout_id=r.id, at=now, event=d.event, stage=d.stage, detail=d.detail, by=by)
+            if d.state == COMPLETED:
+                data.set_baseline(session, model_id=r.model_id, version=r.version)
+            session.commit()
+        self.metrics.rollout_transitions.labels(d.event).inc()
+        log.info("rollout %d: %s (%s) by %s", r.id, d.event, d.detail, by)
+        return True
+
+    def _counts(self, session: Session, r: Rollout, spec: RolloutSpec, model: str, now: datetime) -> list[Counts]:
+        devices = data.model_devices(session, model_name=model, selector=spec.selector)
+        with self._lock:
+            cache = self._buckets.setdefault(r.id, {})
+            if len(self._buckets) > 64:
+                del self._buckets[min(self._buckets)]
+        buckets = {}
+        for pk, device_id in devices:
+            b = cache.get(pk)
+            if b is None:
+                b = cache[pk] = bucket(r.id, device_id)
+            buckets[pk] = b
+        return count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)
+
+    def _describe(self, session: Session, r: Rollout, now: datetime) -> RolloutView:
+        spec = RolloutSpec.from_json(r.spec)
+        model = data.model_name_of(session, model_id=r.model_id)
+        counts = self._counts(session, r, spec, model, now)
+        history = [
+            HistoryEntry(at=h.at, event=h.event, stage=h.stage, detail=h.detail, by=h.by)
+            for h in data.history(session, rollout_id=r.id)
+        ]
+        started: dict[int, datetime] = {}
+        for h in history:
+            if h.event in ("created", "stage_advanced", "advanced"):
+                started.setdefault(h.stage, h.at)
+        started[r.stage] = started.get(r.stage, r.stage_started_at)
+        stages = [
+            StageView(
+                percent=s.percent,
+                soak_seconds=s.soak_seconds,
+                state=_stage_state(i, r),
+                started_at=started.get(i) if i <= r.stage else None,
+                counts=counts[i],
+            )
+            for i, s in enumerate(spec.stages)
+        ]
+        return RolloutView(
+            id=r.id,
+            model=model,
+            version=r.version,
+            state=r.state,
+            reason=r.reason,
+            stage=r.stage,
+            spec=spec,
+            created_by=r.created_by,
+            created_at=r.created_at,
+            updated_at=r.updated_at,
+            stages=stages,
+            gates=judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id)),
+            history=history,
+        )
+
+    # -- device events --------------------------------------------------------------------------
+
+    def record_events(self, session: Session, *, device_pk: int, model: str, events: Sequence[EventLike]) -> None:
+        """Fold a device's events into its model's rollouts (in the caller's transaction).
+
+        `installed` of a rollout's version marks the device installed, `failed` or `rolled_back`
+        away from it marks it failed (a golden-set refusal also counts for `validation_failures`):
+        in the active rollout, and also in a completed one, so that its counts show the fleet
+        converging after the version became the baseline. `metrics` of the active rollout's
+        version or of its baseline, from a device its selector matches, add to that version's sums.
+        """
+        now = utcnow()
+        for e in events:
+            if e.type == "installed" and e.version is not None:
+                r = data.rollout_of_version(session, model_name=model, version=e.version)
+                if r is not None:
+                    data.mark_installed(session, rollout_id=r.id, device_pk=device_pk, stage=r.stage, at=now)
+            elif e.type in ("failed", "rolled_back"):
+                about = e.from_version if e.type == "rolled_back" and e.from_version is not None else e.version
+                r = data.rollout_of_version(session, model_name=model, version=about) if about else None
+                if r is None:
+                    continue
+                first = data.mark_failed(
+                    session, rollout_id=r.id, device_pk=device_pk, stage=r.stage, at=now, reason=e.reason
+                )
+                if first and e.reason == VALIDATION_FAILED:
+                    data.add_metrics(session, rollout_id=r.id, version=r.version, validation_failures=1)
+        samples = [e for e in events if e.type == "metrics" and e.version is not None and e.metrics]
+        if samples:
+            self._record_metrics(session, device_pk=device_pk, model=model, events=samples)
+
+    def _record_metrics(self, session: Session, *, device_pk: int, model: str, events: Sequence[EventLike]) -> None:
+        active = data.active_for_model(session, model_name=model)
+        if active is None:
+            return
+        r = active.rollout
+        spec = RolloutSpec.from_json(r.spec)
+        if spec.selector and not selector_matches(spec.selector, data.device_labels(session, device_pk=device_pk)):
+            return
+        for e in events:
+            m = e.metrics or {}
+            requests = int(m.get("requests", 0))
+            if e.version not in (r.version, spec.baseline) or e.version is None:
+                continue
+            if requests <= 0 or not {"p50_ms", "p95_ms", "mean_confidence"} <= m.keys():
+                continue
+            data.add_metrics(
+                session,
+                rollout_id=r.id,
+                version=e.version,
+                samples=requests,
+                p50_sum=m["p50_ms"] * requests,
+                p95_sum=m["p95_ms"] * requests,
+                confidence_sum=m["mean_confidence"] * requests,
+            )
