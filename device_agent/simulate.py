@@ -207,6 +207,7 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
     runtime = SharedRuntime(threads=1)
     gate = asyncio.Semaphore(options.concurrency)
     tasks: list[asyncio.Task[None]] = []
+    reporters: list[asyncio.Task[None]] = []
     try:
         async with http_client(timeout=60.0, connections=options.concurrency) as http:
             for i in range(options.devices):
@@ -231,10 +232,9 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             progress = asyncio.create_task(fleet.show_progress())
             await asyncio.gather(*(d.ensure_credentials() for d in fleet.devices))
             for d in fleet.devices:
-                tasks += [
-                    asyncio.create_task(_staggered(d, options.poll_interval)),
-                    asyncio.create_task(d.report_forever()),
-                ]
+                reporters.append(asyncio.create_task(d.report_forever()))
+                tasks.append(asyncio.create_task(_staggered(d, options.poll_interval)))
+            tasks += reporters
             if fleet.telemetry is not None:
                 tasks += [asyncio.create_task(fleet.telemetry.pace()), asyncio.create_task(fleet.telemetry.report())]
             deadline = None if options.timeout is None else fleet.started + options.timeout
@@ -245,6 +245,9 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             report = fleet.report()
             for d in fleet.devices:
                 d.request_stop()
+            # A reporter stops by itself once its batch in flight is answered: cut short, the server
+            # would have the batch while the queue still held it, and the final flush would send it again.
+            await asyncio.wait(reporters, timeout=5.0)
             for t in tasks:  # a request in flight is abandoned: the state on disk is where it resumes
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
