@@ -4,6 +4,7 @@
                      [--device-id ID] [--enroll-secret S | --token-file F] [--serve 127.0.0.1:PORT]
     device-agent simulate --server URL --model NAME --enroll-secret S --devices N --trust KEY.pub
                      [--model-dir DIR] [--until-version V] [--timeout S]
+                     [--inference-rate R [--metrics-interval S] [--inference-workers W]]
 
 The enrollment secret may also come from OTA_ENROLLMENT_SECRET (a secret on a command line is
 visible to every local user through `ps`).
@@ -46,6 +47,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, help="the OTA server's base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="the model name this device serves")
@@ -84,6 +92,28 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--poll-interval", type=_positive, default=5.0, help="seconds between each device's polls")
     sim.add_argument("--concurrency", type=int, default=64, help="HTTP connections shared by the fleet")
     sim.add_argument("--id-prefix", help="device ids are PREFIX-0001 … (default: sim, or sim-<random> when temporary)")
+    sim.add_argument(
+        "--inference-rate",
+        type=_non_negative,
+        default=0.0,
+        metavar="R",
+        help="real inferences per second per device on the model it holds, reported as `metrics` events "
+        "(default 0: none). The fleet's total, R × devices, is capped by what the inference workers can run: "
+        "beyond it tokens are dropped and counted, never queued",
+    )
+    sim.add_argument(
+        "--metrics-interval",
+        type=_positive,
+        default=10.0,
+        metavar="S",
+        help="seconds between each device's metrics events (default 10)",
+    )
+    sim.add_argument(
+        "--inference-workers",
+        type=int,
+        metavar="W",
+        help="inferences run at once for the whole fleet (default: CPU cores - 1, at least 1)",
+    )
     sim.add_argument("--json", action="store_true", help="print the summary as JSON")
     return parser
 
@@ -151,6 +181,8 @@ def _simulate(args: argparse.Namespace, secret: str | None) -> int:
         return _fail(f"simulate needs --enroll-secret (or ${SECRET_ENV})")
     if args.devices < 1 or args.concurrency < 1:
         return _fail("--devices and --concurrency must be at least 1")
+    if args.inference_workers is not None and args.inference_workers < 1:
+        return _fail("--inference-workers must be at least 1")
     try:
         trust = _trust(args.trust, args.threshold)
     except (A.KeyFileError, ValueError) as e:
@@ -167,6 +199,9 @@ def _simulate(args: argparse.Namespace, secret: str | None) -> int:
         poll_interval=args.poll_interval,
         concurrency=args.concurrency,
         id_prefix=args.id_prefix,
+        inference_rate=args.inference_rate,
+        metrics_interval=args.metrics_interval,
+        inference_workers=args.inference_workers,
     )
     try:
         report = asyncio.run(run_fleet(options))

@@ -8,6 +8,11 @@ session (with its golden verdict) per model version (:class:`~device_agent.sessi
 and each distinct ONNX file is stored once and hard-linked into the slots. Writes are not fsynced:
 power-loss durability means nothing for a simulation, and fsyncs would serialise the fleet.
 
+With `inference_rate` > 0 the devices also serve: each runs the model it holds on its golden inputs
+and reports `metrics` events with the latency and confidence measured, so that rollout gates see
+the real difference between versions (:mod:`device_agent.telemetry`; the fleet's total rate is
+bounded by a token bucket and a small pool of inference threads, not a thread per device).
+
 A line on stderr shows the fleet's versions as they move; the summary goes to stdout.
 """
 
@@ -37,6 +42,7 @@ from .fsutil import DirLock
 from .machine import run_machine
 from .sessions import SharedRuntime
 from .state import State
+from .telemetry import Telemetry
 from .workers import update_executor
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,9 @@ class FleetOptions:
     poll_interval: float = 5.0
     concurrency: int = 64  # HTTP connections shared by the fleet
     id_prefix: str | None = None
+    inference_rate: float = 0.0  # inferences per second per device; 0: the devices serve nothing
+    metrics_interval: float = 10.0  # seconds between each device's `metrics` events
+    inference_workers: int | None = None  # threads running inferences (default: CPU cores - 1)
 
 
 @dataclass
@@ -72,6 +81,7 @@ class FleetReport:
     delta_fallbacks: int
     swap_ms_median: float | None
     timeline: list[dict[str, Any]] = field(default_factory=list)
+    telemetry: dict[str, Any] | None = None  # with an inference rate: what was served, per version
 
     @property
     def ok(self) -> bool:
@@ -89,6 +99,7 @@ class Fleet:
         self.devices: list[Device] = []
         self.started = time.monotonic()
         self.reached_at: dict[int, float] = {}
+        self.telemetry: Telemetry | None = None
 
     def config(self, device_id: str) -> AgentConfig:
         o = self.options
@@ -129,9 +140,10 @@ class Fleet:
         failed = sum(self.failures().values())
         delta = sum(d.bytes_by_source["delta"] for d in self.devices)
         full = sum(d.bytes_by_source["full"] for d in self.devices)
+        serving = "" if self.telemetry is None else f"{self.telemetry.line()} | "
         return (
             f"fleet {len(self.devices)} devices | {versions} | updating {busy} | failed {failed} | "
-            f"delta {delta / 1e6:.1f} MB  full {full / 1e6:.1f} MB | {time.monotonic() - self.started:.1f} s"
+            f"delta {delta / 1e6:.1f} MB  full {full / 1e6:.1f} MB | {serving}{time.monotonic() - self.started:.1f} s"
         )
 
     async def show_progress(self) -> None:
@@ -184,6 +196,8 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
     """Run the fleet until every device reaches `until_version` (or failed it), or the timeout."""
     if options.devices < 1:
         raise ValueError("a fleet needs at least one device")
+    if options.inference_rate < 0 or options.metrics_interval <= 0:
+        raise ValueError("the inference rate must be ≥ 0 and the metrics interval positive")
     asyncio.get_running_loop().set_default_executor(update_executor(0))  # no /predict to protect
     temp = options.model_dir is None
     root = Path(tempfile.mkdtemp(prefix="ota-fleet-")) if options.model_dir is None else options.model_dir
@@ -195,6 +209,7 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
     runtime = SharedRuntime(threads=1)
     gate = asyncio.Semaphore(options.concurrency)
     tasks: list[asyncio.Task[None]] = []
+    reporters: list[asyncio.Task[None]] = []
     try:
         async with http_client(timeout=60.0, connections=options.concurrency) as http:
             for i in range(options.devices):
@@ -209,13 +224,21 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
                 )
                 await device.start()
                 fleet.devices.append(device)
+            if options.inference_rate > 0:
+                fleet.telemetry = Telemetry(
+                    fleet.devices,
+                    rate=options.inference_rate,
+                    interval=options.metrics_interval,
+                    workers=options.inference_workers,
+                )
             progress = asyncio.create_task(fleet.show_progress())
             await asyncio.gather(*(ensure_credentials(d) for d in fleet.devices))
             for d in fleet.devices:
-                tasks += [
-                    asyncio.create_task(_staggered(d, options.poll_interval)),
-                    asyncio.create_task(d.reporter.report_forever()),
-                ]
+                reporters.append(asyncio.create_task(d.reporter.report_forever()))
+                tasks.append(asyncio.create_task(_staggered(d, options.poll_interval)))
+            tasks += reporters
+            if fleet.telemetry is not None:
+                tasks += [asyncio.create_task(fleet.telemetry.pace()), asyncio.create_task(fleet.telemetry.report())]
             deadline = None if options.timeout is None else fleet.started + options.timeout
             while not fleet.done() and (deadline is None or time.monotonic() < deadline):
                 await asyncio.sleep(0.2)
@@ -224,9 +247,16 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             report = fleet.report()
             for d in fleet.devices:
                 d.request_stop()
+            # A reporter stops by itself once its batch in flight is answered: cut short, the server
+            # would have the batch while the queue still held it, and the final flush would send it again.
+            await asyncio.wait(reporters, timeout=5.0)
             for t in tasks:  # a request in flight is abandoned: the state on disk is where it resumes
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if fleet.telemetry is not None:
+                await asyncio.to_thread(fleet.telemetry.close)  # the inferences in flight finish …
+                fleet.telemetry.emit_all()  # … and the last windows are queued with the rest
+                report.telemetry = fleet.telemetry.summary()
             await asyncio.gather(*(d.reporter.flush(5.0) for d in fleet.devices), return_exceptions=True)
             if out.isatty():
                 out.write("\n")
@@ -235,6 +265,8 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
     finally:
         for t in tasks:
             t.cancel()
+        if fleet.telemetry is not None:
+            fleet.telemetry.close()
         for d in fleet.devices:
             with contextlib.suppress(OSError):
                 d.record.clean_exit = True
@@ -261,4 +293,16 @@ def format_report(report: FleetReport) -> str:
         f"median swap       {report.swap_ms_median} ms (verified bytes → serving, golden set included)",
         f"elapsed           {report.elapsed_s} s",
     ]
+    t = report.telemetry
+    if t is not None:
+        lines.append(
+            f"inferences        {t['served']:,} served, {t['served_per_s']}/s of {t['asked_per_s']}/s asked"
+            f" ({t['dropped']:,} dropped with all {t['workers']} workers busy, {t['errors']} errors);"
+            f" {t['metrics_events']:,} metrics events"
+        )
+        for version, s in t["versions"].items():
+            lines.append(
+                f"  {version:<15} p50 {s['p50_ms']} ms  p95 {s['p95_ms']} ms  mean confidence {s['mean_confidence']}"
+                f"  ({s['requests']:,} requests)"
+            )
     return "\n".join(lines)

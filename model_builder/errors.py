@@ -9,6 +9,7 @@ are `artifact.ArtifactError`s and keep that type.
 
     BuilderError
     ├── CommandError     command-line arguments or input files that make no sense
+    │   └── RolloutSpecError   a --rollout, --gate or --selector value that cannot mean anything
     ├── DataError        image folder empty, one class, nothing decodable …
     ├── TrainError       run that cannot start, checkpoint that cannot be used
     ├── ExportError      ONNX export failed or disagrees with PyTorch
@@ -28,6 +29,10 @@ class BuilderError(Exception):
 
 class CommandError(BuilderError):
     """Command-line arguments or input files that make no sense; the message names the option or file."""
+
+
+class RolloutSpecError(CommandError):
+    """A --rollout, --gate or --selector value that cannot mean anything; the message says why."""
 
 
 class DataError(BuilderError):

@@ -33,6 +33,7 @@ class FakeServer:
         self.port = port
         self.releases: dict[int, Release] = {}
         self.target: int | None = None
+        self.target_of: Callable[[str], int | None] | None = None  # per device id (a rollout's cohorts)
         self.forced: Release | None = None  # offered whatever the device runs (downgrade tests)
         self.deltas = True
         self.delta_override: dict[int, bytes] = {}  # from_version → delta bytes to offer instead
@@ -107,12 +108,13 @@ class FakeServer:
 
     # ------------------------------------------------------------------ the offer
 
-    def offer(self, current: int | None) -> dict[str, Any] | None:
+    def offer(self, current: int | None, device: str | None = None) -> dict[str, Any] | None:
         release = self.forced
         if release is None:
-            if self.target is None or (current or 0) >= self.target:
+            target = self.target if self.target_of is None or device is None else self.target_of(device)
+            if target is None or (current or 0) >= target:
                 return None
-            release = self.releases[self.target]
+            release = self.releases[target]
         delta = None
         if self.deltas and current is not None and (current in self.releases or current in self.delta_override):
             data = self.delta_override.get(current) or self._delta(current, release)
@@ -239,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unauthenticated()
                 return
             current = parse_qs(parts.query).get("current_version", [None])[0]
-            offer = self.fake.offer(None if current is None else int(current))
+            offer = self.fake.offer(None if current is None else int(current), self._device())
             if offer is None:
                 self.send_response(204)
                 self.end_headers()
