@@ -9,13 +9,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from artifact import parse_manifest, read_artifact
-from model_builder.errors import CommandError, PublishError
+from model_builder.errors import CommandError, PublishError, RolloutSpecError
 from model_builder.publish import publish
 from model_builder.rollout import (
     DEFAULT_SOAK,
     GATE_FORM,
     RolloutPlan,
-    RolloutSpecError,
     create_rollout,
     parse_gate,
     parse_selector,
