@@ -28,7 +28,7 @@ from .protocol import ServerClient
 log = logging.getLogger(__name__)
 BATCH = 100
 # DESIGN.md's event fields; anything else an event carries is a courtesy the server may refuse.
-CONTRACT_FIELDS = frozenset({"type", "version", "reason", "at", "p50_ms", "p95_ms", "mean_confidence", "requests"})
+CONTRACT_FIELDS = frozenset({"type", "version", "reason", "at", "metrics", "installed_version"})
 
 
 class EventQueue:

@@ -166,6 +166,22 @@ def make_event(
     return event
 
 
+METRIC_FIELDS = ("p50_ms", "p95_ms", "mean_confidence", "requests")
+
+
+def wire_event(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The event as the server takes it. A `metrics` event carries its numbers in a `metrics`
+    object; agents before 0.2 queued them as top-level fields, and such events may still wait on a
+    device's disk after an upgrade, so they are nested here rather than refused by the server."""
+    if event.get("type") != "metrics" or "metrics" in event:
+        return event
+    flat = {k: event[k] for k in METRIC_FIELDS if k in event}
+    if not flat:
+        return event
+    rest = {k: v for k, v in event.items() if k not in METRIC_FIELDS}
+    return {**rest, "metrics": flat}
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     if value is None:
@@ -294,11 +310,10 @@ class ServerClient:
         return parse_offer(body, etag=response.headers.get("etag"))
 
     async def post_events(self, events: Sequence[Mapping[str, Any]]) -> None:
+        body = [wire_event(e) for e in events]
         with _translated("events"):
             async with self._gate:
-                response = await self.http.post(
-                    self.url(EVENTS_PATH), json=list(events), headers=self._auth(self.base_url)
-                )
+                response = await self.http.post(self.url(EVENTS_PATH), json=body, headers=self._auth(self.base_url))
         if response.status_code in (400, 413, 422):
             raise RejectedError(f"events refused: HTTP {response.status_code} {_detail(response)}")
         _raise_for_status(response, "events")

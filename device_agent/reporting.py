@@ -58,7 +58,7 @@ class Reporter:
                 next_metrics = time.monotonic() + self.config.metrics_interval
                 summary = self.holder.metrics.take()
                 if summary is not None:
-                    self.emit("metrics", self.holder.version, **summary)
+                    self.emit("metrics", self.holder.version, metrics=summary)
             if not len(queue) or time.monotonic() < retry_at:
                 continue
             try:

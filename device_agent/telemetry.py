@@ -172,7 +172,7 @@ class Telemetry:
         for version, window in windows:
             summary = window.take()
             if summary is not None:
-                device.emit("metrics", version, **summary)
+                device.emit("metrics", version, metrics=summary)
                 self.events += 1
             elif version != current:
                 with self._lock:

@@ -24,7 +24,7 @@ import artifact as A
 from .models import Release
 
 SECRET = "enroll-me"
-STRICT_FIELDS = {"type", "version", "reason", "at", "p50_ms", "p95_ms", "mean_confidence", "requests"}
+STRICT_FIELDS = {"type", "version", "reason", "at", "metrics", "installed_version"}
 
 
 class FakeServer:

@@ -26,7 +26,7 @@ from device_agent.protocol import Credentials, Offer, ServerClient, make_event
 from server import create_app
 from tests.server import conftest as server_fixtures
 from tests.server import helpers
-from tests.server.conftest import ADMIN, ADMIN_TOKEN, ENROLLMENT_SECRET, Env
+from tests.server.conftest import ADMIN, ADMIN_TOKEN, ENROLLMENT_SECRET, IMMEDIATE, Env
 
 from .fakeserver import SECRET, FakeServer
 
@@ -59,6 +59,9 @@ class Real:
         artifact = self.env.artifact(version)
         r = await self.http.post(f"/v1/models/{helpers.MODEL}/versions", content=artifact, headers=ADMIN)
         assert r.status_code == 201, r.text
+        rollout = {"model": helpers.MODEL, "version": version, **IMMEDIATE}  # publishing alone offers nothing
+        r = await self.http.post("/v1/rollouts", json=rollout, headers=ADMIN)
+        assert r.status_code == 201 and r.json()["state"] == "completed", r.text
         return artifact
 
     async def device(self, device_id: str) -> dict[str, Any]:
@@ -328,16 +331,24 @@ def test_events_the_agent_sends_are_recorded_in_order(env: Env) -> None:
     served(env, scenario)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift: the agent sends p50_ms/p95_ms/mean_confidence/requests as top-level fields; the server "
-    "forbids them and wants a `metrics` object (docs/api.md), so it refuses every metrics event with 422",
-)
 def test_metrics_event_the_agent_sends_is_recorded(env: Env) -> None:
     async def scenario(real: Real) -> None:
         client, _ = await real.enrolled("cam-1")
-        await client.post_events([make_event("metrics", 1, p50_ms=3.5, p95_ms=9.0, mean_confidence=0.8, requests=5)])
-        assert (await real.device("cam-1"))["last_metrics"] is not None
+        window = {"p50_ms": 3.5, "p95_ms": 9.0, "mean_confidence": 0.8, "requests": 5}
+        await client.post_events([make_event("metrics", 1, metrics=window)])
+        assert (await real.device("cam-1"))["last_metrics"] == {"version": 1, **window}
+
+    served(env, scenario)
+
+
+def test_metrics_queued_flat_by_an_older_agent_are_sent_nested(env: Env) -> None:
+    """An upgrade must not strand the metrics an older agent left in its queue on disk."""
+
+    async def scenario(real: Real) -> None:
+        client, _ = await real.enrolled("cam-1")
+        await client.post_events([make_event("metrics", 1, p50_ms=2.0, p95_ms=4.0, mean_confidence=0.5, requests=9)])
+        last = (await real.device("cam-1"))["last_metrics"]
+        assert last == {"version": 1, "p50_ms": 2.0, "p95_ms": 4.0, "mean_confidence": 0.5, "requests": 9}
 
     served(env, scenario)
 

@@ -42,13 +42,14 @@ def test_events_queued_while_server_unreachable_survive_restart_and_arrive_later
     status = offline.agent.status()
     assert status["last_error"]["reason"] == "network" and status["events_queued"] >= 1
     offline.stop()
-    assert [e["requests"] for e in _queued(model_dir) if e["type"] == "metrics"] == [5]
+    assert [e["metrics"]["requests"] for e in _queued(model_dir) if e["type"] == "metrics"] == [5]
 
     server.start()  # same port: the server is back
     run_agent()
     metrics = wait_until(lambda: server.events_of("metrics"), what="queued metrics delivered")
-    assert metrics[0]["requests"] == 5 and metrics[0]["version"] == 1
-    assert 0 < metrics[0]["p50_ms"] <= metrics[0]["p95_ms"] and 0 < metrics[0]["mean_confidence"] <= 1
+    m = metrics[0]["metrics"]
+    assert m["requests"] == 5 and metrics[0]["version"] == 1
+    assert 0 < m["p50_ms"] <= m["p95_ms"] and 0 < m["mean_confidence"] <= 1
     wait_until(lambda: _queued(model_dir) == [], what="the queue to empty")
 
 

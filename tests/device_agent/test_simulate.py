@@ -159,18 +159,18 @@ def test_simulated_devices_report_the_latency_and_confidence_their_model_really_
     assert on[1] and on[2], "both versions reported"
     assert {e["device_id"] for e in on[1]} <= {"sim-0001", "sim-0003"}  # each from the devices that run it
     assert {e["device_id"] for e in on[2]} <= {"sim-0002", "sim-0004"}
-    p95 = {v: statistics.median(e["p95_ms"] for e in events) for v, events in on.items()}
+    p95 = {v: statistics.median(e["metrics"]["p95_ms"] for e in events) for v, events in on.items()}
     assert p95[2] / p95[1] > 1.3, p95
     # each device cycles through its model's golden inputs: over the run, the mean of their confidences
     for v, cases in ((1, fast_confidences), (2, slow_confidences)):
-        assert all(min(cases) - 1e-6 <= e["mean_confidence"] <= max(cases) + 1e-6 for e in on[v])
-        served = sum(e["requests"] for e in on[v])
-        assert sum(e["mean_confidence"] * e["requests"] for e in on[v]) / served == pytest.approx(
+        assert all(min(cases) - 1e-6 <= e["metrics"]["mean_confidence"] <= max(cases) + 1e-6 for e in on[v])
+        served = sum(e["metrics"]["requests"] for e in on[v])
+        assert sum(e["metrics"]["mean_confidence"] * e["metrics"]["requests"] for e in on[v]) / served == pytest.approx(
             confidence[v], abs=0.01
         )
-    assert all(0 < e["p50_ms"] <= e["p95_ms"] for e in metrics)
+    assert all(0 < e["metrics"]["p50_ms"] <= e["metrics"]["p95_ms"] for e in metrics)
     # every inference served is in exactly one event, the last window included
-    assert sum(e["requests"] for e in metrics) == report.telemetry["served"] > 0, report.telemetry
+    assert sum(e["metrics"]["requests"] for e in metrics) == report.telemetry["served"] > 0, report.telemetry
     summary = format_report(report)
     assert "inferences" in summary and "v2              p50" in summary
 
@@ -194,7 +194,7 @@ def test_simulate_command_takes_a_rate_and_reports_what_was_served(
     telemetry = json.loads(capsys.readouterr().out)["telemetry"]
     assert telemetry["served"] > 0 and telemetry["workers"] == 1 and telemetry["asked_per_s"] == 40
     assert telemetry["versions"]["v1"]["requests"] == telemetry["served"]
-    assert sum(e["requests"] for e in server.events_of("metrics", 1)) == telemetry["served"]
+    assert sum(e["metrics"]["requests"] for e in server.events_of("metrics", 1)) == telemetry["served"]
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def test_events_update_status_installed_version_and_metrics(env: Env, client: Te
         {
             "type": "metrics",
             "version": 1,
-            "metrics": {"latency_p50_ms": 3.5, "latency_p95_ms": 9.0, "mean_confidence": 0.91, "requests": 1200},
+            "metrics": {"p50_ms": 3.5, "p95_ms": 9.0, "mean_confidence": 0.91, "requests": 1200},
         },
     )
     assert r.status_code == 200, r.text
