@@ -32,7 +32,8 @@ class PublishResult:
     body: dict[str, object]
 
 
-def _detail(response: httpx.Response) -> str:
+def problem_detail(response: httpx.Response) -> str:
+    """The human sentence of a server's answer: an RFC 9457 problem's `detail`, else what it said."""
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -98,7 +99,7 @@ def publish(
                 reason = f"cannot reach {server}: {e}"
             else:
                 if response.status_code < 500 and response.status_code != 429:
-                    message = _explain(response.status_code, manifest.model, manifest.version, _detail(response))
+                    message = _explain(response.status_code, manifest.model, manifest.version, problem_detail(response))
                     if response.status_code in (200, 201):
                         try:
                             payload = response.json()
@@ -106,7 +107,7 @@ def publish(
                             payload = {}
                         return PublishResult(response.status_code, response.status_code == 201, message, payload)
                     raise PublishError(message)
-                reason = f"the server answered {response.status_code}: {_detail(response)}"
+                reason = f"the server answered {response.status_code}: {problem_detail(response)}"
             if attempt == retries:
                 tries = retries + 1
                 raise PublishError(f"{reason} (gave up after {tries} attempt{'s' if tries > 1 else ''})")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from model_builder.errors import PublishError, RolloutSpecError
+from model_builder.publish import problem_detail
 
 # metric → the bound it takes: latency and refusals have a ceiling, confidence a floor.
 GATES = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
@@ -131,16 +132,6 @@ class RolloutResult:
     body: dict[str, Any]
 
 
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        return str(body.get("detail") or body.get("title") or body)
-    return str(body)
-
-
 def _refusal(status: int, model: str, version: int, detail: str) -> str:
     return {
         401: f"the server did not accept the token: {detail}",
@@ -211,5 +202,5 @@ def create_rollout(
                 if not isinstance(answer, dict):
                     raise PublishError("the server created the rollout but its answer is not a JSON object")
                 return RolloutResult(answer.get("id"), str(answer.get("state")), describe(plan, answer), answer)
-            raise PublishError(_refusal(response.status_code, model, version, _detail(response)))
+            raise PublishError(_refusal(response.status_code, model, version, problem_detail(response)))
     raise AssertionError("unreachable")
