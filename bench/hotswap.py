@@ -215,6 +215,7 @@ class Registry:
         self.headers = {"Authorization": f"Bearer {self.admin}"}
         A.save_public_key(key, work / "publisher.pub")
         self.log = work / "server.log"
+        self._log_file = self.log.open("wb")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("OTA_")},
             "OTA_DATABASE_URL": f"sqlite:///{work / 'ota.db'}",
@@ -227,7 +228,7 @@ class Registry:
         }
         command = [sys.executable, "-m", "server", "serve", "--port", self.url.rsplit(":", 1)[1]]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self.log.open("wb")
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._log_file
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -273,6 +274,7 @@ class Registry:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
+        self._log_file.close()
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -415,7 +417,7 @@ def main() -> int:
             f"fine-tunes install over deltas (median {statistics.median(delta_bytes):,.0f} bytes) from the real "
             "server (`ota-server serve`, SQLite, file storage; the agent polls every 50 ms), each uploaded as soon "
             "as the previous one serves and rolled out (an immediate rollout) once the server has built its delta: "
-            "publish → serving is timed from the rollout's creation. Golden set: 8 seeded inputs. "
+            "rollout → serving is timed from the rollout's creation. Golden set: 8 seeded inputs. "
             "Versions seen by clients: "
             f"{versions_seen[0]}–{versions_seen[-1]}. Load average before / after the run: "
             f"{load_before:.1f} / {os.getloadavg()[0]:.1f} (the machine's other work competes for its cores).",
