@@ -1,15 +1,21 @@
 """Benchmark: hot swap under load, with a real agent process serving /predict.
 
 Builds SqueezeNet 1.1 (10 classes, 224 px) and a chain of classifier-only fine-tunes of it (v2, v3,
-… each moves the last layer a little, as transfer learning does), signs them, and serves them from
-the test suite's fake OTA server (tests/device_agent/fakeserver.py: real HTTP on 127.0.0.1, deltas
-made with `artifact.make_delta`). A real `python -m device_agent run --serve` process installs them
-one after another while four client threads POST 224 px JPEGs to /predict without pause:
+… each moves the last layer a little, as transfer learning does), packages and signs them with
+`model_builder.build_artifact`, and serves them from the real server (`python -m server serve` on
+SQLite and file storage in a temporary directory). A real `python -m device_agent run --serve`
+process installs them one after another while four client threads POST 224 px JPEGs to /predict
+without pause:
 
   idle      a few installs with no clients: the reference swap time without inference load
   steady    clients only: the steady-state latency
-  swaps     clients, while `--versions` successive versions are published, each as soon as the
-            previous one serves (a request overlapping any publish → serving window counts here)
+  swaps     clients, while `--versions` successive versions are rolled out, each as soon as the
+            previous one serves (a request overlapping any rollout → serving window counts here)
+
+Publishing no longer offers a version, so each step uploads the next version, waits until the server
+has built its delta from the previous one (as a fleet's publisher would, and so that every install
+downloads a delta), and then creates an immediate rollout (one stage of 100 %, no soak, no
+minimum): "published" below is the moment that rollout is created.
 
 It prints a table and a verdict against issue 5's goals: 0 failed requests, p99 during swaps
 ≤ 2× steady p99, median verified ONNX bytes → serving (golden set included) ≤ 75 ms.
@@ -20,9 +26,9 @@ It prints a table and a verdict against issue 5's goals: 0 failed requests, p99 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
+import secrets
 import signal
 import socket
 import statistics
@@ -32,24 +38,21 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from onnx import numpy_helper
 from PIL import Image
 
 import artifact as A
 from bench._report import write_section
-from model_builder.export import export_bytes
-from model_builder.squeezenet import squeezenet1_1
-from tests.device_agent.fakeserver import SECRET, FakeServer
-from tests.device_agent.models import Release
+from model_builder import build_artifact, export_bytes, squeezenet1_1
+from model_builder.publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,40 +93,14 @@ def fine_tunes(v1: bytes, count: int) -> list[bytes]:
     return out
 
 
-def golden(onnx_bytes: bytes) -> dict[str, Any]:
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    cases = []
-    for seed in range(8):
-        (logits,) = session.run(None, {"input": A.seeded_input(seed, (1, 3, SIZE, SIZE))})
-        cases.append({"seed": seed, "top1": int(np.argmax(logits[0])), "logits": [float(v) for v in logits[0]]})
-    return {"tolerance": 1e-3, "cases": cases}
-
-
-def release(version: int, onnx_bytes: bytes, key: A.SigningKey) -> Release:
-    payload = A.encode_payload(onnx_bytes, level=3)  # only v1 travels in full; the rest go as deltas
-    now = datetime.now(UTC)
-    manifest = A.build_manifest(
-        schema=1,
-        model=MODEL,
-        version=version,
-        created_at=A.format_time(now),
-        parent_version=version - 1 if version > 1 else None,
-        payload={"encoding": "onnx+zstd", "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
-        onnx={
-            "length": len(onnx_bytes),
-            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-            "opset": 17,
-            "input": {"name": "input", "shape": ["batch", 3, SIZE, SIZE], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(LABELS)]},
-        },
-        labels=LABELS,
-        preprocess=PRE,
-        metrics={"params": 727626},
-        golden=golden(onnx_bytes),
-        expires_at=A.format_time(now + timedelta(days=1)),
-    )
-    data, sigs = A.sign_manifest(manifest, [key])
-    return Release(version, onnx_bytes, payload, data, [s.to_dict() for s in sigs])
+def package(version: int, onnx_bytes: bytes, key: A.SigningKey) -> bytes:
+    """A signed artifact; its golden set is 8 seeded inputs, as a device checks before every swap."""
+    data, _ = build_artifact(
+        onnx_bytes, name=MODEL, version=version, labels=LABELS, preprocess=PRE, metrics={"params": 727626},
+        sample_images=[], keys=[key], parent_version=version - 1 if version > 1 else None,
+        expires_in=timedelta(days=1), golden_cases=8,
+    )  # fmt: skip
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -224,6 +201,82 @@ def wait_version(url: str, version: int, timeout: float = 60) -> float:
     raise RuntimeError(f"the agent did not serve v{version} within {timeout} s")
 
 
+# ---------------------------------------------------------------------------------------------- server
+
+
+class Registry:
+    """The real server in a subprocess (SQLite and file storage under `work`), and a publisher's calls to it."""
+
+    def __init__(self, work: Path, key: A.SigningKey) -> None:
+        self.work = work
+        self.admin = secrets.token_urlsafe(24)
+        self.enrollment_secret = secrets.token_urlsafe(24)
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.headers = {"Authorization": f"Bearer {self.admin}"}
+        A.save_public_key(key, work / "publisher.pub")
+        self.log = work / "server.log"
+        self._log_file = self.log.open("wb")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("OTA_")},
+            "OTA_DATABASE_URL": f"sqlite:///{work / 'ota.db'}",
+            "OTA_STORAGE_URL": f"file://{work / 'blobs'}",
+            "OTA_ADMIN_TOKEN": self.admin,
+            "OTA_ENROLLMENT_SECRET": self.enrollment_secret,
+            "OTA_SECRET_KEY": secrets.token_urlsafe(24),
+            "OTA_PUBLISHER_KEYS": str(work / "publisher.pub"),
+            "OTA_LOG_LEVEL": "WARNING",
+        }
+        command = [sys.executable, "-m", "server", "serve", "--port", self.url.rsplit(":", 1)[1]]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=self._log_file
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.process.returncode}):\n{self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError("the server did not become ready within 60 s")
+
+    def upload(self, version: int, data: bytes) -> None:
+        """Publish `version` (which offers it to no device) and wait until its delta from the one before is built."""
+        path = self.work / f"v{version}.otam"
+        path.write_bytes(data)
+        publish(path, self.url, self.admin, progress=False)
+        if version == 1:
+            return
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{self.url}/v1/models/{MODEL}/versions/{version}", headers=self.headers, timeout=10)
+            r.raise_for_status()
+            delta = next((d for d in r.json()["deltas"] if d["from_version"] == version - 1), None)
+            if delta is not None and delta["status"] == "ready":
+                return
+            if delta is not None and delta["status"] != "pending":
+                raise RuntimeError(f"the delta v{version - 1} → v{version} is {delta['status']}")
+            time.sleep(0.05)
+        raise RuntimeError(f"the server did not build the delta v{version - 1} → v{version} within 60 s")
+
+    def roll_out(self, version: int) -> None:
+        """An immediate rollout: it completes at once and `version` becomes the baseline every device is offered."""
+        body = {"model": MODEL, "version": version, "stages": [{"percent": 100, "soak_seconds": 0}], "min_devices": 0}
+        r = httpx.post(f"{self.url}/v1/rollouts", json=body, headers=self.headers, timeout=30)
+        r.raise_for_status()
+        if r.json()["state"] != "completed":
+            raise RuntimeError(f"the immediate rollout of v{version} did not complete: {r.text[:500]}")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(timeout=30)
+        self._log_file.close()
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -244,35 +297,35 @@ def main() -> int:
     key = A.generate_key()
     log(f"building SqueezeNet 1.1 at {SIZE} px and {args.idle + args.versions} classifier fine-tunes …")
     models = fine_tunes(export_v1(), args.idle + args.versions)
-    releases = []
+    artifacts = []
     for i, m in enumerate(models):
-        releases.append(release(i + 1, m, key))
+        artifacts.append(package(i + 1, m, key))
         if (i + 1) % 10 == 0 or i + 1 == len(models):
-            log(f"  signed {i + 1}/{len(models)} releases (golden sets computed with ONNX Runtime)")
+            log(f"  packaged {i + 1}/{len(models)} artifacts (golden sets computed with ONNX Runtime)")
 
-    with tempfile.TemporaryDirectory(prefix="ota-hotswap-") as tmp, FakeServer(poll_interval=0.1) as server:
-        trust = Path(tmp) / "publisher.pub"
-        A.save_public_key(key.verify_key, trust)
-        for r in releases[1:]:  # make every delta now, so the fake server does no work during the run
-            server.releases[r.version - 1] = releases[r.version - 2]
-            server._delta(r.version - 1, r)
-        server.publish(releases[0])
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable, "-m", "device_agent", "run", "--server", server.url, "--model", MODEL,
-            "--model-dir", str(Path(tmp) / "device"), "--trust", str(trust), "--serve", f"127.0.0.1:{port}",
-            "--poll-interval", "0.05", "--threads", str(args.threads), "--log-level", "WARNING",
-            "--update-niceness", str(args.update_niceness),
-        ]  # fmt: skip
-        agent = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OTA_ENROLLMENT_SECRET": SECRET})
+    with tempfile.TemporaryDirectory(prefix="ota-hotswap-") as tmp:
+        registry = Registry(Path(tmp), key)
+        agent = None
         try:
+            registry.upload(1, artifacts[0])
+            registry.roll_out(1)
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command = [
+                sys.executable, "-m", "device_agent", "run", "--server", registry.url, "--model", MODEL,
+                "--model-dir", str(Path(tmp) / "device"), "--trust", str(Path(tmp) / "publisher.pub"),
+                "--serve", f"127.0.0.1:{port}", "--poll-interval", "0.05", "--threads", str(args.threads),
+                "--log-level", "WARNING", "--update-niceness", str(args.update_niceness),
+            ]  # fmt: skip
+            env = {**os.environ, "OTA_ENROLLMENT_SECRET": registry.enrollment_secret}
+            agent = subprocess.Popen(command, cwd=ROOT, env=env)
             wait_version(url, 1)
             log("v1 installed (full payload); idle installs …")
             version = 1
             for _ in range(args.idle):
                 version += 1
-                server.publish(releases[version - 1])
+                registry.upload(version, artifacts[version - 1])
+                registry.roll_out(version)
                 wait_version(url, version)
 
             clients = Clients(url)
@@ -286,8 +339,9 @@ def main() -> int:
             log(f"installing {args.versions} versions under load …")
             for n in range(args.versions):
                 version += 1
+                registry.upload(version, artifacts[version - 1])  # not timed: the offer starts with the rollout
                 published = time.perf_counter()
-                server.publish(releases[version - 1])
+                registry.roll_out(version)
                 windows.append((published, wait_served(clients, version) + 0.05))
                 if (n + 1) % 10 == 0:
                     log(f"  {n + 1}/{args.versions} installed")
@@ -295,8 +349,10 @@ def main() -> int:
             clients.stop()
             final = status(url)
         finally:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
+            if agent is not None:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(timeout=30)
+            registry.close()
 
     installs = {i["version"]: i for i in final["installs"]}
     idle_ms = [installs[v]["verified_to_serving_ms"] for v in range(2, 2 + args.idle) if v in installs]
@@ -338,7 +394,7 @@ def main() -> int:
         f"{max(session_ms):.1f} |",
         f"| of which: golden set (8 × 224 px) | {statistics.median(golden_ms):.1f} / {pct(golden_ms, 90):.1f} / "
         f"{max(golden_ms):.1f} |",
-        f"| publish → serving (poll, delta download, verify, swap) | {statistics.median(publish_to_serving):.1f} / "
+        f"| rollout → serving (poll, delta download, verify, swap) | {statistics.median(publish_to_serving):.1f} / "
         f"{pct(publish_to_serving, 90):.1f} / {max(publish_to_serving):.1f} |",
     ]
     checks = [
@@ -358,8 +414,11 @@ def main() -> int:
             f"{CLIENTS} client threads POST 224 px JPEGs to a real `device-agent run --serve` process "
             f"(ONNX Runtime intra-op threads: {args.threads}, update niceness: {args.update_niceness}) "
             f"while {args.versions} successive classifier "
-            f"fine-tunes install over deltas (median {statistics.median(delta_bytes):,.0f} bytes), each published "
-            "as soon as the previous one serves. Golden set: 8 seeded inputs. Versions seen by clients: "
+            f"fine-tunes install over deltas (median {statistics.median(delta_bytes):,.0f} bytes) from the real "
+            "server (`ota-server serve`, SQLite, file storage; the agent polls every 50 ms), each uploaded as soon "
+            "as the previous one serves and rolled out (an immediate rollout) once the server has built its delta: "
+            "rollout → serving is timed from the rollout's creation. Golden set: 8 seeded inputs. "
+            "Versions seen by clients: "
             f"{versions_seen[0]}–{versions_seen[-1]}. Load average before / after the run: "
             f"{load_before:.1f} / {os.getloadavg()[0]:.1f} (the machine's other work competes for its cores).",
             "",

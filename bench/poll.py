@@ -156,35 +156,24 @@ def squeezenet_sized_onnx(seed: int) -> bytes:
 
 
 def squeezenet_artifact(key: Any, version: int) -> bytes:
-    import hashlib
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
-    import artifact as A
+    from model_builder import build_artifact
 
-    onnx_bytes = squeezenet_sized_onnx(version)
-    payload = A.encode_payload(onnx_bytes)
-    now = datetime.now(UTC)
-    manifest = A.build_manifest(
-        schema=1,
-        model="squeezenet",
+    data, _ = build_artifact(
+        squeezenet_sized_onnx(version),
+        name="squeezenet",
         version=version,
-        created_at=A.format_time(now),
-        parent_version=version - 1 if version > 1 else None,
-        payload={"encoding": "onnx+zstd", "length": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
-        onnx={
-            "length": len(onnx_bytes),
-            "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
-            "opset": 17,
-            "input": {"name": "input", "shape": ["batch", 3, 64, 64], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", 10]},
-        },
         labels=[f"class-{i}" for i in range(10)],
         preprocess={"size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "layout": "NCHW"},
         metrics={"params": 730_000},
-        golden={"tolerance": 1e-3, "cases": [{"seed": i, "top1": 0, "logits": [0.0] * 10} for i in range(8)]},
-        expires_at=A.format_time(now + timedelta(days=30)),
+        sample_images=[],
+        keys=[key],
+        parent_version=version - 1 if version > 1 else None,
+        expires_in=timedelta(days=30),
+        golden_cases=8,
     )
-    return A.seal_artifact(manifest, payload, [key])
+    return data
 
 
 # -- one database's run -------------------------------------------------------------------------
