@@ -204,9 +204,11 @@ def count_stages(
             if row is None:
                 continue
             offered += 1
-            if row.installed_at is not None:
-                installed += 1
-            elif row.failed_at is not None or row.offered_at + timeout <= now:
+            if row.failed_at is not None and (row.installed_at is None or row.failed_at >= row.installed_at):
+                failed += 1  # refused it, or rolled back from it after installing: no longer runs it
+            elif row.installed_at is not None:
+                installed += 1  # (a retry that installed after an earlier failure counts as installed)
+            elif row.offered_at + timeout <= now:
                 failed += 1
         out.append(Counts(cohort, offered, installed, failed))
     return out

@@ -45,6 +45,16 @@ PENDING = GateResult("latency_p95_ratio", None, 1.5, 20, "pending", "20 of 500 s
 FAIL = GateResult("latency_p95_ratio", 2.0, 1.5, 600, "fail", "p95 doubled")
 
 
+@dataclass
+class Row:
+    """A device's row in a rollout, as the data layer hands it over."""
+
+    device_pk: int
+    offered_at: datetime
+    installed_at: datetime | None = None
+    failed_at: datetime | None = None
+
+
 def verdict(
     counts: Counts,
     *,
@@ -102,13 +112,6 @@ def test_a_failing_gate_halts_with_its_metric_as_reason() -> None:
 
 
 def test_install_timeout_counts_as_failure() -> None:
-    @dataclass
-    class Row:
-        device_pk: int
-        offered_at: datetime
-        installed_at: datetime | None = None
-        failed_at: datetime | None = None
-
     spec = RolloutSpec(stages=(Stage(100, 0),), min_devices=3, install_timeout_seconds=60)
     rows = [Row(1, T0, installed_at=T0), Row(2, T0), Row(3, T0)]
     buckets = {1: 0, 2: 1, 3: 2}
@@ -117,6 +120,13 @@ def test_install_timeout_counts_as_failure() -> None:
     (late,) = count_stages(spec, buckets, rows, T0 + timedelta(seconds=60))
     assert (late.installed, late.failed, late.pending) == (1, 2, 0)
     assert decide(spec, state="running", stage=0, counts=late, gates=(), stage_started_at=T0, now=T0) is not None
+
+
+def test_a_rollback_after_installing_counts_as_failed_and_a_retry_that_installs_as_installed() -> None:
+    later = T0 + timedelta(seconds=30)
+    rows = [Row(1, T0, installed_at=T0, failed_at=later), Row(2, T0, installed_at=later, failed_at=T0)]
+    (c,) = count_stages(RolloutSpec(stages=(Stage(100, 0),)), {1: 0, 2: 1}, rows, later)
+    assert (c.installed, c.failed) == (1, 1)
 
 
 # -- advancing -----------------------------------------------------------------------------------

@@ -258,6 +258,20 @@ def test_halts_on_the_failure_threshold_and_offers_nothing_new(client: TestClien
     assert offered(client, cohort[0], 2) is None
 
 
+def test_a_device_that_rolls_back_after_installing_counts_as_failed(client: TestClient) -> None:
+    devices = fleet(client, 4)
+    r = start(client, stages=[{"percent": 100}], min_devices=4, failure_threshold=0.2)
+    tokens = list(devices.values())
+    for t in tokens:
+        assert offered(client, t) == 2
+        report(client, t, {"type": "installed", "version": 2})
+    rollback = {"type": "rolled_back", "version": 1, "from_version": 2, "reason": "signature_invalid"}
+    report(client, tokens[0], rollback)  # at its next boot, v2's slot failed the door: back on v1
+    assert evaluate(client) == ["halted"]  # 1 of 4 no longer runs v2: 25 % > 20 %
+    counts = get(client, r["id"])["stages"][0]["counts"]
+    assert (counts["installed"], counts["failed"]) == (3, 1)
+
+
 def test_install_timeout_counts_as_failure(client: TestClient) -> None:
     devices = fleet(client, 8)
     r = start(client, stages=[{"percent": 100}], min_devices=8, install_timeout_seconds=60)
