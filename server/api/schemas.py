@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -10,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 import artifact as A
+
+from ..core.rollout_policy import GATE_BOUNDS, spec_problem
 
 MAX_INT = 2**31 - 1
 MODEL_NAME = A.MODEL_NAME_PATTERN
@@ -159,7 +160,6 @@ class RevokeRequest(_In):
 
 GateMetric = Literal["latency_p95_ratio", "confidence_delta", "validation_failures"]
 RolloutState = Literal["running", "waiting", "paused", "completed", "aborted"]
-_GATE_BOUND = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
 Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -183,7 +183,7 @@ class GateIn(_In):
 
     @model_validator(mode="after")
     def _right_bound(self) -> GateIn:
-        bound = _GATE_BOUND[self.metric]
+        bound = GATE_BOUNDS[self.metric]
         other = "min" if bound == "max" else "max"
         if getattr(self, bound) is None or getattr(self, other) is not None:
             raise ValueError(f"gate {self.metric!r} takes exactly one bound: {bound!r}")
@@ -214,14 +214,9 @@ class RolloutCreate(_In):
 
     @model_validator(mode="after")
     def _stages_and_gates(self) -> RolloutCreate:
-        percents = [s.percent for s in self.stages]
-        if any(b <= a for a, b in itertools.pairwise(percents)):
-            raise ValueError(f"stage percents must strictly increase, got {percents}")
-        if percents[-1] != 100:
-            raise ValueError(f"the last stage must be 100 %, got {percents[-1]}")
-        metrics = [g.metric for g in self.gates]
-        if len(set(metrics)) != len(metrics):
-            raise ValueError("each gate metric may appear once")
+        problem = spec_problem([s.percent for s in self.stages], [g.metric for g in self.gates])
+        if problem is not None:
+            raise ValueError(problem)
         return self
 
 

@@ -1,44 +1,41 @@
-"""Staged rollouts: cohorts, counting, gates, verdicts, and the controller that applies them.
+"""Staged rollouts, the service: the poll's offers, the evaluation loop, transitions, device events.
 
-A version reaches devices only through a rollout. Outside rollouts a device is offered its model's
-*baseline* (the version of the last completed rollout). The pieces, in the order a rollout lives:
+The policy — cohorts, the specification, counting, gates and verdicts — is pure arithmetic in
+:mod:`server.core.rollout_policy`; this module reads what it needs, asks the policy, and applies
+the answer. A version reaches devices only through a rollout; outside rollouts a device is offered
+its model's *baseline* (the version of the last completed rollout).
 
-- **Cohorts** (:func:`bucket`): ``sha256("{rollout_id}:{device_id}")[:8] % 10000``; a device is in
-  stage k when its bucket is below ``percent_k × 100``. Pure arithmetic on ids, so every process
-  agrees, raising a percentage only adds devices, and a device that enrolls later falls in or out
-  by the same rule. A selector (labels that must all match) narrows the fleet first.
 - **Offers** (:func:`choose_offer`, :class:`OfferBuffer`): the poll decides in memory from the
   registry view's snapshot; "offered" is buffered and written in batches, insert-if-absent.
-- **Counting** (:func:`count_stages`): per stage cohort, from ``rollout_devices``: offered,
-  installed, failed (a ``failed``/``rolled_back`` event, or no install within the timeout),
-  pending, not reached. Rates use decided devices only (installed + failed).
-- **Gates** (:func:`judge_gates`): from the per-version running sums in ``rollout_metrics``.
-- **Verdicts** (:func:`decide`): halt, advance (or wait), complete — missing data never advances.
+- **Evaluation** (:meth:`RolloutService.evaluate_once`, :meth:`RolloutService.run`): every process
+  judges every active rollout every ``OTA_ROLLOUT_EVAL_SECONDS``, from ``rollout_devices`` and the
+  running sums in ``rollout_metrics``.
 - **Transitions** (:class:`RolloutService`): every change, by the controller or an admin, is one
   compare-and-set on the rollout's ``revision`` plus its history row in the same transaction; only
   the process whose update matched counts it. So two server processes evaluating the same rollout
   at the same moment make exactly one transition, never two and never none.
+- **Device events** (:meth:`RolloutService.record_events`): installs, failures and metrics folded
+  into the rollout they are about, in the caller's transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
 from ..data import registry as registry_data
 from ..data import rollouts as data
 from ..data.registry import Head
-from ..data.rollouts import DeviceRow, Session
-from ..db.models import Rollout, RolloutMetric
+from ..data.rollouts import Session
+from ..db.models import Rollout
 from ..db.session import Database, utcnow
 from ..errors import (
     DatabaseUnavailableError,
@@ -52,99 +49,50 @@ from ..errors import (
 )
 from ..observability import Metrics
 from .deltas import DeltaService
+from .rollout_policy import (
+    ABORTED,
+    COMPLETED,
+    OFFERING,
+    RUNNING,
+    VALIDATION_FAILED,
+    Action,
+    Counts,
+    Decision,
+    Gate,
+    GateResult,
+    RolloutSpec,
+    Stage,
+    bucket,
+    count_stages,
+    decide,
+    in_stage,
+    judge_gates,
+    plain_number,
+    plan_action,
+    selector_matches,
+    stage_state,
+)
+
+__all__ = [
+    "Action",
+    "Choice",
+    "Gate",
+    "OfferBuffer",
+    "PollRollout",
+    "RolloutService",
+    "RolloutSpec",
+    "RolloutView",
+    "Stage",
+    "choose_offer",
+    "poll_rollouts",
+]
 
 log = logging.getLogger("ota.rollouts")
 
-RUNNING, WAITING, PAUSED, COMPLETED, ABORTED = "running", "waiting", "paused", "completed", "aborted"
-OFFERING = (RUNNING, WAITING)  # paused, aborted and completed rollouts offer nothing new
 SYSTEM = "system"
-VALIDATION_FAILED = "validation_failed"  # the agent's reason code for a golden-set refusal (device_agent.policy)
-GATE_BOUNDS = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
-Action = Literal["pause", "resume", "abort", "advance"]
-
-
-# -- the specification --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Stage:
-    percent: float
-    soak_seconds: int
-
-
-@dataclass(frozen=True, slots=True)
-class Gate:
-    metric: str
-    threshold: float
-    min_samples: int
-
-    @property
-    def bound(self) -> str:
-        return GATE_BOUNDS[self.metric]
-
-
-@dataclass(frozen=True)
-class RolloutSpec:
-    """What the operator asked for (validated by the API schema), plus the baseline it is judged against."""
-
-    stages: tuple[Stage, ...]
-    selector: Mapping[str, str] = field(default_factory=dict)
-    min_devices: int = 10
-    success_threshold: float = 0.95
-    failure_threshold: float = 0.05
-    install_timeout_seconds: int = 3600
-    auto_advance: bool = True
-    gates: tuple[Gate, ...] = ()
-    baseline: int | None = None  # the model's baseline when the rollout was created
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "stages": [{"percent": _num(s.percent), "soak_seconds": s.soak_seconds} for s in self.stages],
-            "selector": dict(self.selector),
-            "min_devices": self.min_devices,
-            "success_threshold": self.success_threshold,
-            "failure_threshold": self.failure_threshold,
-            "install_timeout_seconds": self.install_timeout_seconds,
-            "auto_advance": self.auto_advance,
-            "gates": [{"metric": g.metric, g.bound: g.threshold, "min_samples": g.min_samples} for g in self.gates],
-            "baseline": self.baseline,
-        }
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> RolloutSpec:
-        return cls(
-            stages=tuple(Stage(float(s["percent"]), int(s["soak_seconds"])) for s in doc["stages"]),
-            selector=dict(doc.get("selector") or {}),
-            min_devices=int(doc["min_devices"]),
-            success_threshold=float(doc["success_threshold"]),
-            failure_threshold=float(doc["failure_threshold"]),
-            install_timeout_seconds=int(doc["install_timeout_seconds"]),
-            auto_advance=bool(doc["auto_advance"]),
-            gates=tuple(
-                Gate(g["metric"], float(g[GATE_BOUNDS[g["metric"]]]), int(g["min_samples"])) for g in doc["gates"]
-            ),
-            baseline=doc.get("baseline"),
-        )
-
-
-def _num(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else x
 
 
 # -- cohorts and the poll -----------------------------------------------------------------------
-
-
-def bucket(rollout_id: int, device_id: str) -> int:
-    """The device's place in this rollout, 0…9999 (DESIGN.md's rule, exactly)."""
-    return int(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()[:8], 16) % 10000
-
-
-def in_stage(bucket_value: int, percent: float) -> bool:
-    return bucket_value < percent * 100
-
-
-def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,197 +221,6 @@ class OfferBuffer:
                 log.warning("offer flush failed, will retry: %s", e.detail)
 
 
-# -- counting, gates, verdicts (pure) -----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Counts:
-    cohort: int
-    offered: int
-    installed: int
-    failed: int
-
-    @property
-    def pending(self) -> int:
-        return self.offered - self.installed - self.failed
-
-    @property
-    def not_reached(self) -> int:
-        return self.cohort - self.offered
-
-    @property
-    def decided(self) -> int:
-        return self.installed + self.failed
-
-
-def count_stages(
-    spec: RolloutSpec, buckets: Mapping[int, int], rows: Iterable[DeviceRow], now: datetime
-) -> list[Counts]:
-    """Counts per stage cohort. `buckets`: device pk → bucket for the selector's devices; cohorts nest."""
-    timeout = timedelta(seconds=spec.install_timeout_seconds)
-    by_pk = {r.device_pk: r for r in rows}
-    out = []
-    for stage in spec.stages:
-        cohort = offered = installed = failed = 0
-        for pk, b in buckets.items():
-            if not in_stage(b, stage.percent):
-                continue
-            cohort += 1
-            row = by_pk.get(pk)
-            if row is None:
-                continue
-            offered += 1
-            if row.installed_at is not None:
-                installed += 1
-            elif row.failed_at is not None or row.offered_at + timeout <= now:
-                failed += 1
-        out.append(Counts(cohort, offered, installed, failed))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class GateResult:
-    metric: str
-    value: float | None
-    threshold: float
-    samples: int
-    status: Literal["pass", "fail", "pending"]
-    detail: str
-
-
-def _mean(m: RolloutMetric | None, total: Callable[[RolloutMetric], float]) -> float | None:
-    if m is None or m.samples <= 0:
-        return None
-    return total(m) / m.samples
-
-
-def judge_gates(spec: RolloutSpec, version: int, sums: Mapping[int, RolloutMetric]) -> list[GateResult]:
-    """Each gate against the running sums of the new version and the baseline (over the selector)."""
-    new, base = sums.get(version), sums.get(spec.baseline) if spec.baseline is not None else None
-    samples = new.samples if new is not None else 0
-    out = []
-    for g in spec.gates:
-        if g.metric == "validation_failures":
-            count = new.validation_failures if new is not None else 0
-            if count > g.threshold:
-                out.append(GateResult(g.metric, count, g.threshold, samples, "fail", f"{count} golden-set refusals"))
-            elif samples < g.min_samples:
-                out.append(_pending(g, count, samples, f"{samples} of {g.min_samples} samples on v{version}"))
-            else:
-                out.append(GateResult(g.metric, count, g.threshold, samples, "pass", f"{count} golden-set refusals"))
-            continue
-        if samples == 0 or samples < g.min_samples:
-            out.append(_pending(g, None, samples, f"{samples} of {max(1, g.min_samples)} samples on v{version}"))
-            continue
-        if spec.baseline is None:
-            out.append(_pending(g, None, samples, "no baseline version to compare with (the model's first rollout)"))
-            continue
-        base_samples = base.samples if base is not None else 0
-        if base_samples == 0 or base_samples < g.min_samples:
-            needed = max(1, g.min_samples)
-            detail = f"no baseline version metrics yet: {base_samples} of {needed} samples on v{spec.baseline}"
-            out.append(_pending(g, None, samples, detail))
-            continue
-        if g.metric == "latency_p95_ratio":
-            new_p95, base_p95 = _mean(new, lambda m: m.p95_sum), _mean(base, lambda m: m.p95_sum)
-            if not new_p95 or not base_p95:
-                out.append(_pending(g, None, samples, "p95 latency of 0 ms cannot be compared"))
-                continue
-            value = new_p95 / base_p95
-            detail = f"p95 {new_p95:.3f} ms on v{version} vs {base_p95:.3f} ms on v{spec.baseline}"
-        else:
-            new_c, base_c = _mean(new, lambda m: m.confidence_sum), _mean(base, lambda m: m.confidence_sum)
-            assert new_c is not None and base_c is not None  # both have samples
-            value = new_c - base_c
-            detail = f"mean confidence {new_c:.4f} on v{version} vs {base_c:.4f} on v{spec.baseline}"
-        ok = value <= g.threshold if g.bound == "max" else value >= g.threshold
-        out.append(GateResult(g.metric, round(value, 4), g.threshold, samples, "pass" if ok else "fail", detail))
-    return out
-
-
-def _pending(g: Gate, value: float | None, samples: int, detail: str) -> GateResult:
-    return GateResult(g.metric, value, g.threshold, samples, "pending", detail)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    event: str  # the history event: halted, stage_advanced, stage_passed, completed, aborted
-    state: str
-    stage: int
-    reason: str | None
-    detail: str
-
-
-def decide(
-    spec: RolloutSpec,
-    *,
-    state: str,
-    stage: int,
-    counts: Counts,
-    gates: Sequence[GateResult],
-    stage_started_at: datetime,
-    now: datetime,
-) -> Decision | None:
-    """The controller's verdict on a running (or waiting) rollout's current stage, or None: keep going.
-
-    Halting is judged in `waiting` too (a bad canary stops even while it waits for an operator);
-    advancing only in `running`. A cohort smaller than `min_devices` is judged once all of it has
-    decided — otherwise a small fleet could neither halt nor advance.
-    """
-    required = min(spec.min_devices, counts.cohort)
-    decided = counts.decided
-    where = f"stage {stage + 1} of {len(spec.stages)} ({_num(spec.stages[stage].percent)} %)"
-    if decided > 0 and decided >= required and counts.failed / decided > spec.failure_threshold:
-        detail = (
-            f"{counts.failed} of {decided} decided devices failed ({counts.failed / decided:.1%} > "
-            f"{spec.failure_threshold:.1%}) in {where}"
-        )
-        return Decision("halted", PAUSED, stage, "failure_threshold", detail)
-    for g in gates:
-        if g.status == "fail":
-            bound = "≤" if GATE_BOUNDS[g.metric] == "max" else "≥"
-            detail = (
-                f"{g.metric} = {g.value} must be {bound} {g.threshold} ({g.detail}; {g.samples} samples) in {where}"
-            )
-            return Decision("halted", PAUSED, stage, f"gate:{g.metric}", detail)
-    if state != RUNNING:
-        return None
-    soak_end = stage_started_at + timedelta(seconds=spec.stages[stage].soak_seconds)
-    if now < soak_end or decided < required:
-        return None
-    if decided > 0 and counts.installed / decided < spec.success_threshold:
-        return None
-    if any(g.status != "pass" for g in gates):
-        return None
-    summary = f"{where} passed: {counts.installed} installed, {counts.failed} failed of {counts.cohort}"
-    if stage == len(spec.stages) - 1:
-        return Decision("completed", COMPLETED, stage, None, summary)
-    if spec.auto_advance:
-        return Decision("stage_advanced", RUNNING, stage + 1, None, summary)
-    return Decision("stage_passed", WAITING, stage, "waiting for an operator to advance", summary)
-
-
-def plan_action(r: Rollout, action: Action, *, reason: str | None, by: str) -> Decision:
-    """An admin's pause/resume/abort/advance as a transition, or :class:`RolloutTransitionError`."""
-    last = len(r.spec["stages"]) - 1
-    said = f": {reason}" if reason else ""
-    if r.state in (COMPLETED, ABORTED):
-        raise RolloutTransitionError(f"rollout {r.id} is {r.state}; it cannot {action} any more")
-    if action == "pause":
-        if r.state == PAUSED:
-            raise RolloutTransitionError(f"rollout {r.id} is already paused")
-        return Decision("paused", PAUSED, r.stage, reason or f"paused by {by}", f"paused by {by}{said}")
-    if action == "resume":
-        if r.state != PAUSED:
-            raise RolloutTransitionError(f"rollout {r.id} is {r.state}, not paused; only a paused rollout resumes")
-        return Decision("resumed", RUNNING, r.stage, None, f"resumed by {by}{said}")
-    if action == "abort":
-        return Decision("aborted", ABORTED, r.stage, reason or f"aborted by {by}", f"aborted by {by}{said}")
-    if r.stage == last:
-        return Decision("completed", COMPLETED, r.stage, None, f"completed by {by} (manual advance){said}")
-    return Decision("advanced", RUNNING, r.stage + 1, None, f"advanced to stage {r.stage + 2} by {by}{said}")
-
-
 # -- what an admin reads ------------------------------------------------------------------------
 
 
@@ -500,14 +257,6 @@ class RolloutView:
     stages: list[StageView]
     gates: list[GateResult]
     history: list[HistoryEntry]
-
-
-def _stage_state(i: int, r: Rollout) -> str:
-    if i < r.stage:
-        return "passed"
-    if i > r.stage:
-        return "not_started"
-    return {RUNNING: "running", WAITING: "passed", PAUSED: "paused", COMPLETED: "passed"}.get(r.state, "aborted")
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -594,7 +343,7 @@ class RolloutService:
                 updated_at=now,
             )
             data.create_rollout(session, rollout=rollout)
-            stages = " → ".join(f"{_num(s.percent)} %" for s in spec.stages)
+            stages = " → ".join(f"{plain_number(s.percent)} %" for s in spec.stages)
             base = f"v{spec.baseline}" if spec.baseline is not None else "none"
             detail = f"v{version} in stages {stages}; baseline {base}"
             data.add_history(session, rollout_id=rollout.id, at=now, event="created", stage=0, detail=detail, by=by)
@@ -614,7 +363,15 @@ class RolloutService:
                 r = data.get_rollout(session, rollout_id=rollout_id)
                 if r is None:
                     raise RolloutNotFoundError(f"no rollout {rollout_id}")
-                decision = plan_action(r, action, reason=reason, by=by)
+                decision = plan_action(
+                    action,
+                    rollout_id=r.id,
+                    state=r.state,
+                    stage=r.stage,
+                    stages=len(r.spec["stages"]),
+                    reason=reason,
+                    by=by,
+                )
                 seen = r.revision
             if self._transition(r, seen, decision, by=by):
                 break
@@ -739,7 +496,7 @@ class RolloutService:
             StageView(
                 percent=s.percent,
                 soak_seconds=s.soak_seconds,
-                state=_stage_state(i, r),
+                state=stage_state(i, stage=r.stage, state=r.state),
                 started_at=started.get(i) if i <= r.stage else None,
                 counts=counts[i],
             )

@@ -8,6 +8,7 @@ offer the version to a device outside the cohort of the stage in force.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 import artifact as A
+from bench._common import private_pg_schema
 from server.db.models import RolloutDevice
 
 from . import helpers
@@ -37,12 +39,12 @@ def bucket(rollout_id: int, device_id: str) -> int:
     return int(hashlib.sha256(f"{rollout_id}:{device_id}".encode()).hexdigest()[:8], 16) % 10000
 
 
-@pytest.fixture()
-def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[str], str, A.SigningKey]]:
-    request.getfixturevalue("pg_url")  # skip or fail exactly like the rest of the suite
+@contextlib.contextmanager
+def serving(tmp_path: Path, *argvs: list[str]) -> Iterator[tuple[list[str], str, A.SigningKey]]:
+    """One `ota-server serve` per argv (extra arguments), all on one fresh PostgreSQL schema."""
     key = A.generate_key()
     A.save_public_key(key, tmp_path / "pub.pem")
-    with helpers.private_pg_schema("ota_roll") as url:
+    with private_pg_schema("ota_roll") as url:
         env = {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(REPO),
@@ -57,22 +59,23 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[li
             "OTA_ROLLOUT_EVAL_SECONDS": "0.05",
             "OTA_LOG_LEVEL": "WARNING",
         }
-        procs, bases = [], []
-        for i in range(2):
+        procs, bases, logs = [], [], []
+        for i, argv in enumerate(argvs):
             port = free_port()
-            log = (tmp_path / f"server-{i}.log").open("w")
+            logs.append(tmp_path / f"server-{i}.log")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "server", "serve", "--port", str(port)],
+                    [sys.executable, "-m", "server", "serve", "--port", str(port), *argv],
                     env=env,
                     cwd=tmp_path,
-                    stdout=log,
+                    stdout=logs[-1].open("w"),
                     stderr=subprocess.STDOUT,
+                    start_new_session=True,  # --workers: stop the supervisor and its workers together
                 )
             )
             bases.append(f"http://127.0.0.1:{port}")
         try:
-            for proc, base in zip(procs, bases, strict=True):
+            for proc, base, log in zip(procs, bases, logs, strict=True):
                 deadline = time.monotonic() + 60
                 while True:
                     try:
@@ -80,7 +83,7 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[li
                             break
                     except httpx.TransportError:
                         pass
-                    assert proc.poll() is None, (tmp_path / "server-0.log").read_text()
+                    assert proc.poll() is None, log.read_text()
                     assert time.monotonic() < deadline, "server did not become ready"
                     time.sleep(0.1)
             yield bases, url, key
@@ -89,6 +92,13 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[li
                 proc.terminate()
             for proc in procs:
                 proc.wait(timeout=30)
+
+
+@pytest.fixture()
+def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[list[str], str, A.SigningKey]]:
+    request.getfixturevalue("pg_url")  # skip or fail exactly like the rest of the suite
+    with serving(tmp_path, [], []) as running:
+        yield running
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str) -> Any:
@@ -199,3 +209,47 @@ def test_two_processes_make_every_transition_exactly_once(servers: tuple[list[st
     assert all(bucket(bad["id"], d) < 5000 for d in failed)
     assert transitions_counted(bases) == {"created": 3, "completed": 2, "stage_advanced": 2, "halted": 1}
     assert [m["offered_version"] for m in http.get(f"{a}/v1/models", headers=ADMIN).json()] == [2]
+
+
+def test_workers_of_one_serve_make_every_transition_exactly_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: two uvicorn workers, each running the controller, race like two servers."""
+    request.getfixturevalue("pg_url")
+    with serving(tmp_path, ["--workers", "2"]) as ([base], _url, key):
+        http = httpx.Client(base_url=base, headers=ADMIN, timeout=30)
+        for version in (1, 2, 3):
+            r = http.post("/v1/models/shapes/versions", content=helpers.build_artifact(key, version=version))
+            assert r.status_code == 201, r.text
+        r = http.post("/v1/rollouts", json={"model": "shapes", "version": 1, "stages": [{"percent": 100}]})
+        assert r.json()["state"] == "completed", r.text  # no devices yet: v1 is the baseline at once
+        tokens = []
+        for i in range(8):
+            body = {"enrollment_secret": ENROLLMENT_SECRET, "device_id": f"cam-{i}", "model": "shapes"}
+            tokens.append({"Authorization": f"Bearer {http.post('/v1/devices/enroll', json=body).json()['token']}"})
+
+        def drive(rollout: dict[str, Any], current: int, event: dict[str, Any], until: str) -> list[str]:
+            done: set[int] = set()
+
+            def step() -> list[str] | None:
+                for n, auth in enumerate(tokens):
+                    r = http.get(f"/v1/device/update?current_version={current}", headers=auth)
+                    if n not in done and r.status_code == 200 and r.json()["version"] == rollout["version"]:
+                        http.post("/v1/device/events", json=[event], headers=auth)
+                        done.add(n)
+                doc = http.get(f"/v1/rollouts/{rollout['id']}").json()
+                return [h["event"] for h in doc["history"]] if doc["state"] == until else None
+
+            wait_until(step, timeout=60, what=f"rollout of v{rollout['version']} to be {until}")
+            time.sleep(0.5)  # ten more evaluation rounds in each worker: nothing more may happen
+            return [h["event"] for h in http.get(f"/v1/rollouts/{rollout['id']}").json()["history"]]
+
+        stages = [{"percent": 50}, {"percent": 100}]
+        good = http.post("/v1/rollouts", json={"model": "shapes", "version": 2, "stages": stages, "min_devices": 1})
+        installed = {"type": "installed", "version": 2}
+        assert drive(good.json(), 1, installed, "completed") == ["created", "stage_advanced", "completed"]
+
+        stages = [{"percent": 50, "soak_seconds": 3600}, {"percent": 100}]
+        bad = http.post("/v1/rollouts", json={"model": "shapes", "version": 3, "stages": stages, "min_devices": 2})
+        refused = {"type": "failed", "version": 3, "reason": "validation_failed"}
+        assert drive(bad.json(), 2, refused, "paused") == ["created", "halted"]
