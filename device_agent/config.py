@@ -9,6 +9,8 @@ from pathlib import Path
 
 import artifact as A
 
+from .fsutil import Disk
+
 # Test seam (the kill -9 tests): `device-agent run` reads it into `AgentConfig.crash_at`.
 CRASH_AT_ENV = "DEVICE_AGENT_CRASH_AT"
 
@@ -45,6 +47,7 @@ class AgentConfig:
     durable: bool = True  # fsync state, slots and events (the simulator turns it off)
     http_timeout: float = 30.0
     crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
+    disk: Disk = field(default_factory=Disk, compare=False, repr=False)  # every write goes through it (test seam)
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.metrics_interval <= 0:

@@ -53,11 +53,16 @@ class Device:
     ) -> None:
         self.config = config
         root = config.model_dir
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = DirLock(root) if lock else None  # the simulator locks the fleet's root once instead
-        self.store = StateStore(root / "state.json", durable=config.durable)
-        self.slots = SlotStore(root / "slots", durable=config.durable, shared=shared_models)
-        self.downloads = DownloadDir(root / "downloads", durable=config.durable)
+        self.disk = disk = config.disk
+        disk.make_dir(root, mode=0o700)
+        self._lock = DirLock(root, disk) if lock else None  # the simulator locks the fleet's root once instead
+        self.store = StateStore(root / "state.json", durable=config.durable, disk=disk)
+        self.slots = SlotStore(root / "slots", durable=config.durable, shared=shared_models, disk=disk)
+        self.downloads = DownloadDir(root / "downloads", durable=config.durable, disk=disk)
+        self.read_only = False  # the model directory cannot be written: serve what is installed, no updates
+        self.files_reset: list[str] = []  # files found unreadable at start and started afresh (shown in /status)
+        self.storage_error: str | None = None  # the last write that failed (a full disk), until one succeeds
+        self.reported: set[tuple[str, int]] = set()  # (reason, version) of `failed` sent for a passing fault
         self._reporter: Reporter | None = None  # opened in start(), under the directory lock
         self.holder = ModelHolder(
             on_release=lambda v: log.debug("version %s drained and released", v), concurrency=config.concurrency
@@ -82,10 +87,24 @@ class Device:
         """Lock the directory, read the persisted record, load the active slot (or fall back)."""
         if self._lock is not None:
             self._lock.acquire()
-        queue = EventQueue(self.config.model_dir / "events.jsonl", durable=self.config.durable)
+            self.read_only = not self._lock.writable
+        queue = EventQueue(self.config.model_dir / "events.jsonl", durable=self.config.durable, disk=self.disk)
         self._reporter = Reporter(queue, client=self.client, holder=self.holder, config=self.config, stop=self._stop)
         self.record = self.store.load()
+        for name, reset in (
+            ("state.json", self.store.reset),
+            ("events.jsonl", f"{queue.dropped_lines} unreadable line(s) dropped" if queue.dropped_lines else None),
+            ("slots/", "a file stood in its place" if self.slots.reset else None),
+            ("downloads/", "a file stood in its place" if self.downloads.reset else None),
+        ):
+            if reset:
+                self.note_reset(name, reset)
         await boot(self)
+
+    def note_reset(self, name: str, why: str) -> None:
+        """A file the agent read back was unusable and started afresh: logged, and shown in /status."""
+        log.warning("%s was unusable (%s) and was reset", name, why)
+        self.files_reset = [*self.files_reset[-9:], f"{name}: {why}"]
 
     def close(self) -> None:
         if self._lock is not None:
@@ -114,8 +133,18 @@ class Device:
             interval = self.record.poll_interval
         return jittered(interval)
 
-    def save(self, *, sync: bool = True) -> None:
-        self.store.save(self.record, sync=sync)
+    def save(self, *, sync: bool = True) -> bool:
+        """Persist the record. Never raises: on a full or read-only disk the record lives on in memory
+        (a restart then resumes a step earlier, which every step allows) and /status says why."""
+        try:
+            self.store.save(self.record, sync=sync)
+        except OSError as e:
+            if self.storage_error is None:
+                log.error("state not saved: %s", e)
+            self.storage_error = f"{type(e).__name__}: {e}"
+            return False
+        self.storage_error = None
+        return True
 
     def enter(self, state: State, install: Install | None) -> None:
         """Record the state before its work starts: this is what a restart resumes from.

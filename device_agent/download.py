@@ -12,11 +12,17 @@ the range (200) restarts the file; one that answers 416 means our partial is bog
 A resumed file that fails its hash may have been damaged by the crash that interrupted it (a
 power cut can leave zeros in a file's tail), so it is fetched once more from byte zero before the
 mismatch counts against the version.
+
+Before a byte is fetched the free space is checked against what the install will write (the rest of
+the blob, plus the decoded model's slot); too little, or a write that finds the disk full, raises
+:class:`~device_agent.errors.NoSpaceError` and the partial file is removed: a device with a full
+disk keeps nothing of its own there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -25,10 +31,13 @@ from pathlib import Path
 
 import artifact as A
 
-from .errors import TransientError
+from .errors import NoSpaceError, TransientError
+from .fsutil import Disk
 from .protocol import ServerClient
 
+log = logging.getLogger(__name__)
 CHUNK = 1 << 16
+SPARE = 1 << 20  # beyond blob and slot: the manifest, signatures, state and event files
 Progress = Callable[[int, int], None]  # (bytes on disk, total)
 
 
@@ -42,11 +51,16 @@ class DownloadResult:
 class DownloadDir:
     """DIR/downloads: one `.part` per blob being fetched, `.blob` once it is complete and verified."""
 
-    def __init__(self, root: Path, *, durable: bool = True) -> None:
+    def __init__(self, root: Path, *, durable: bool = True, disk: Disk | None = None) -> None:
         self.root = root
         self.durable = durable
+        self.disk = disk or Disk()
         self._verified: dict[str, A.VerifiedBytes] = {}  # blobs this process verified, until read
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.reset = self.disk.make_dir(root)  # True: a file stood where the directory should be
+        except OSError as e:  # a read-only directory: there will be nothing to download
+            log.error("%s cannot be made: %s", root, e)
+            self.reset = False
 
     def part(self, sha256: str) -> Path:
         return self.root / f"{sha256}.part"
@@ -80,7 +94,11 @@ class DownloadDir:
     def clear(self, keep: set[str] | None = None) -> None:
         """Remove every download except those named in `keep` (sha256s)."""
         self._verified = {k: v for k, v in self._verified.items() if keep and k in keep}
-        for path in self.root.iterdir():
+        try:
+            paths = list(self.root.iterdir())
+        except OSError:
+            return
+        for path in paths:
             if keep and path.name.split(".", 1)[0] in keep:
                 continue
             with contextlib.suppress(OSError):
@@ -95,8 +113,10 @@ class DownloadDir:
         sha256: str,
         what: str,
         progress: Progress | None = None,
+        reserve: int = 0,
     ) -> DownloadResult:
-        """The verified file for (`length`, `sha256`), fetched or resumed as needed."""
+        """The verified file for (`length`, `sha256`), fetched or resumed as needed. `reserve`: bytes
+        the install will write once this file is complete (the decoded model's slot)."""
         done = self.blob(sha256)
         if done.exists():
             if sha256 not in self._verified:
@@ -106,7 +126,16 @@ class DownloadDir:
         check, have = self._resume(part, A.StreamVerifier(length, sha256, what))
         resumed_from, received = have, 0
         if have < length:
-            check, received = await self._stream(client, url, part, check, have, progress)
+            need = length - have + reserve + SPARE
+            free = self.disk.free(self.root)
+            if free < need:
+                part.unlink(missing_ok=True)
+                raise NoSpaceError(f"{what}: {need} bytes needed, {free} free")
+            try:
+                check, received = await self._stream(client, url, part, check, have, progress)
+            except NoSpaceError:
+                part.unlink(missing_ok=True)
+                raise
         try:
             verified = check.finish()
         except A.HashMismatchError:
@@ -153,7 +182,7 @@ class DownloadDir:
                 part.unlink(missing_ok=True)
                 check = check.restarted()
             last = time.monotonic()
-            with part.open("ab") as f:
+            with self.disk.appending(part) as f:
                 async for chunk in response.chunks:
                     check.update(chunk)  # TooLongError here: the chunk is never written
                     f.write(chunk)

@@ -6,7 +6,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .errors import EnrollmentError, TransientError
-from .fsutil import atomic_write_json, read_json
+from .fsutil import read_json
 from .policy import Backoff
 from .protocol import Credentials
 
@@ -23,10 +23,10 @@ async def ensure_credentials(dev: Device) -> None:
     if cfg.token_file is not None:
         dev.client.token = cfg.token_file.read_text().strip()
         return
-    stored = read_json(cfg.model_dir / CREDENTIALS)
-    if isinstance(stored, dict) and stored.get("token") and stored.get("server") == cfg.server:
-        dev.client.token = str(stored["token"])
-        dev.device_id = str(stored.get("device_id") or dev.device_id)
+    stored = _stored(dev)
+    if stored is not None and stored.get("server") == cfg.server:
+        dev.client.token = stored["token"]
+        dev.device_id = stored.get("device_id") or dev.device_id
         return
     if not cfg.enroll_secret:
         raise EnrollmentError("no stored token: pass an enrollment secret or a token file")
@@ -46,8 +46,32 @@ async def ensure_credentials(dev: Device) -> None:
     _store_credentials(dev, creds)
 
 
+def _stored(dev: Device) -> dict[str, str] | None:
+    """The stored credentials, or None. A file that is garbled or holds the wrong types is reset
+    (the device enrolls again): it is untrusted input like any other the agent reads back."""
+    path = dev.config.model_dir / CREDENTIALS
+    try:
+        value = read_json(path)
+    except (OSError, ValueError) as e:
+        dev.note_reset(CREDENTIALS, f"unreadable: {e}")
+        return None
+    if value is None:
+        return None
+    fields = ("token", "server", "device_id")
+    if not isinstance(value, dict) or not all(isinstance(value.get(k), str) and value.get(k) for k in fields[:2]):
+        dev.note_reset(CREDENTIALS, "not a credentials object")
+        return None
+    if not isinstance(value.get("device_id"), str | None):
+        dev.note_reset(CREDENTIALS, "device_id is not a string")
+        return None
+    return {k: value[k] for k in fields if value.get(k)}
+
+
 def _store_credentials(dev: Device, creds: Credentials) -> None:
     dev.device_id = creds.device_id
     value = {"device_id": creds.device_id, "token": creds.token, "server": dev.config.server}
-    atomic_write_json(dev.config.model_dir / CREDENTIALS, value, mode=0o600, durable=dev.config.durable)
+    try:
+        dev.disk.write_json(dev.config.model_dir / CREDENTIALS, value, mode=0o600, durable=dev.config.durable)
+    except OSError as e:  # the token still works from memory; the next start enrolls again
+        log.error("credentials not saved (%s); this run keeps them in memory", e)
     log.info("enrolled as %s", creds.device_id)

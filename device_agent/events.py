@@ -9,20 +9,24 @@ dropped (lifecycle events never are), and a batch the server refuses as invalid 
 the offending events are found; each is sent once more with only the contract's fields (a strict
 server may refuse our extra ones), and otherwise set aside in events.rejected.jsonl, so one bad
 event cannot block the queue forever.
+
+A full disk never stops the agent: an event that cannot be appended stays queued in memory (and is
+delivered from there) unless it is a `metrics` event, which is dropped; the file is rewritten
+whole at the next write that fits. A file that cannot be read back (bad bytes, a line nested past
+the recursion limit) loses only its unreadable lines.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .errors import RejectedError
-from .fsutil import atomic_write
+from .fsutil import Disk
 from .protocol import ServerClient
 
 log = logging.getLogger(__name__)
@@ -32,13 +36,16 @@ CONTRACT_FIELDS = frozenset({"type", "version", "reason", "at", "metrics", "inst
 
 
 class EventQueue:
-    def __init__(self, path: Path, *, durable: bool = True, cap: int = 10_000) -> None:
+    def __init__(self, path: Path, *, durable: bool = True, cap: int = 10_000, disk: Disk | None = None) -> None:
         self.path = path
         self.durable = durable
         self.cap = cap
+        self.disk = disk or Disk()
         self._lock = threading.Lock()
+        self.dropped_lines = 0  # unreadable lines found at start
         self._events: list[dict[str, Any]] = self._read()
-        self._rewrite()  # a torn last line (kill -9 mid-append) must not swallow the next append
+        self._unsaved = True  # the file is rewritten whole at the next chance (and a torn last line with it)
+        self._rewrite()
         self.delivered = 0
 
     def _read(self) -> list[dict[str, Any]]:
@@ -46,20 +53,38 @@ class EventQueue:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             return []
+        except OSError as e:  # a directory in its place, an unreadable sector …
+            log.warning("event queue %s is unreadable (%s); starting empty", self.path, e)
+            self.dropped_lines += 1
+            return []
         events = []
         for line in lines:
             try:
                 value = json.loads(line)
-            except ValueError:
-                log.warning("dropping a torn line in %s", self.path)
-                continue
+            except (ValueError, RecursionError):
+                value = None
             if isinstance(value, dict):
                 events.append(value)
+            else:
+                self.dropped_lines += 1
+        if self.dropped_lines:
+            log.warning("dropped %d unreadable line(s) of %s", self.dropped_lines, self.path)
         return events
 
-    def _rewrite(self) -> None:
+    def _rewrite(self) -> bool:
+        """Write the queue out whole; False (logged) when the disk refuses: the events stay in memory."""
         data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in self._events)
-        atomic_write(self.path, data, durable=self.durable)
+        try:
+            if self.path.is_dir():
+                self.path.rmdir()
+            self.disk.write_atomic(self.path, data, durable=self.durable)
+        except OSError as e:
+            if not self._unsaved:
+                log.warning("event queue not saved (%s); %d event(s) kept in memory", e, len(self._events))
+            self._unsaved = True
+            return False
+        self._unsaved = False
+        return True
 
     def __len__(self) -> int:
         return len(self._events)
@@ -69,16 +94,23 @@ class EventQueue:
             return list(self._events)
 
     def put(self, event: Mapping[str, Any]) -> None:
+        """Queue an event; never raises. On a full disk a `metrics` event is dropped, any other is
+        kept in memory until the file can be written again."""
         line = json.dumps(dict(event), separators=(",", ":")).encode() + b"\n"
         with self._lock:
             self._events.append(dict(event))
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, line)
-                if self.durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            if self._unsaved:
+                saved = self._rewrite()
+            else:
+                try:
+                    self.disk.append(self.path, line, durable=self.durable)
+                    saved = True
+                except OSError as e:
+                    log.warning("event queue not saved (%s)", e)
+                    self._unsaved, saved = True, False  # a torn tail is dropped by the next whole rewrite
+            if not saved and event.get("type") == "metrics":
+                self._events.pop()
+                log.info("metrics event dropped: the disk is full")
             if len(self._events) > self.cap:
                 self._shed()
 
@@ -100,9 +132,12 @@ class EventQueue:
             self._rewrite()
 
     def _set_aside(self, event: dict[str, Any], why: str) -> None:
-        log.error("server refused event %s (%s); kept in %s", event.get("type"), why, self.path.name)
-        with (self.path.parent / "events.rejected.jsonl").open("a") as f:
-            f.write(json.dumps({"event": event, "refused": why}) + "\n")
+        rejected = self.path.parent / "events.rejected.jsonl"
+        log.error("server refused event %s (%s); kept in %s", event.get("type"), why, rejected.name)
+        try:
+            self.disk.append(rejected, (json.dumps({"event": event, "refused": why}) + "\n").encode(), durable=False)
+        except OSError as e:
+            log.warning("refused event not kept (%s)", e)
         self._drop([event])
 
     async def _send_minimal(self, client: ServerClient, event: dict[str, Any], why: str) -> int:

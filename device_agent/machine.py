@@ -130,6 +130,11 @@ async def checking(dev: Device, install: Install | None) -> Next:
     dev.backoff.reset()
     if offer is not None and offer.poll_interval:
         rec.poll_interval = offer.poll_interval
+    if dev.read_only:  # nothing can be written: serve what is installed, say once per version why not more
+        rec.job = None
+        if offer is not None and offer.version != current:
+            _report_once(dev, offer.version, "read_only", "the model directory is read-only: updates are impossible")
+        return State.IDLE, None
     if install is not None:
         job = install.job
         if offer is not None and offer.version == job.version and offer.manifest_bytes == job.offer.manifest_bytes:
@@ -161,7 +166,13 @@ async def downloading(dev: Device, install: Install | None) -> Next:
         job.announced = job.source
         dev.save(sync=False)
     result = await dev.downloads.fetch(
-        dev.client, url, length=length, sha256=sha256, what=what, progress=install.progress.update
+        dev.client,
+        url,
+        length=length,
+        sha256=sha256,
+        what=what,
+        progress=install.progress.update,
+        reserve=verified.manifest.onnx.length,  # the slot it will be written to
     )
     job.bytes_received += result.received
     dev.bytes_by_source[job.source] += result.received
@@ -197,6 +208,10 @@ async def staging(dev: Device, install: Install | None) -> Next:
     job = install.job
     if install.staged is None or job.slot is None:  # restarted: the verified bytes were only in memory
         return State.VERIFYING, install
+    if dev.slots.holds_validated(job.slot):
+        # That slot holds the fallback, the only other good model: it is overwritten only once the
+        # new one passed validation (swapping writes it), so a refused version cannot cost the rollback target.
+        return State.VALIDATING, install
     verified, onnx = install.staged
     write = dev.write_slot(job.slot, verified, onnx)  # swapping waits for it; validating needs only memory
     return State.VALIDATING, replace(install, slot_write=write)
@@ -223,7 +238,8 @@ async def validating(dev: Device, install: Install | None) -> Next:
     model, timings = await asyncio.to_thread(dev.runtime.prepare, onnx, verified)
     job.timings.update(session_ms=timings.session_ms, golden_ms=timings.golden.golden_ms)
     _mark(install, "validated_at_ms")
-    return State.SWAPPING, replace(install, staged=None, candidate=model)
+    unwritten = install.staged if install.slot_write is None else None  # staging left the fallback alone
+    return State.SWAPPING, replace(install, staged=unwritten, candidate=model)
 
 
 async def swapping(dev: Device, install: Install | None) -> Next:
@@ -235,6 +251,8 @@ async def swapping(dev: Device, install: Install | None) -> Next:
         return State.VALIDATING, install
     if install.slot_write is not None:  # never point at a slot that is not on disk
         await install.slot_write
+    elif install.staged is not None:  # validated before it was written (the slot held the fallback)
+        await dev.write_slot(job.slot, *install.staged)
     else:  # restarted since staging: make sure it is on disk
         await asyncio.to_thread(dev.slots.sync, job.slot)
     _mark(install, "synced_at_ms")
@@ -245,7 +263,7 @@ async def swapping(dev: Device, install: Install | None) -> Next:
     dev.holder.swap(install.candidate)
     _mark(install, "verified_to_serving_ms")
     await asyncio.to_thread(dev.slots.sync_pointer)  # pointer and meta durable before `installed` is reported
-    return State.REPORTING, replace(install, candidate=None)
+    return State.REPORTING, replace(install, candidate=None, staged=None)
 
 
 async def reporting(dev: Device, install: Install | None) -> Next:
@@ -301,7 +319,7 @@ def resume(dev: Device) -> State:
     """The state to continue from. A start that finds a job unfinished is a crash, unless we stopped cleanly."""
     rec = dev.record
     clean, rec.clean_exit = rec.clean_exit, False
-    if rec.job is None:
+    if rec.job is None or dev.read_only:  # read-only: no install can go on (checking says so)
         return State.CHECKING
     state = rec.state
     if not clean:
@@ -335,11 +353,22 @@ async def handle_error(dev: Device, state: State, install: Install | None, exc: 
         dev.record.remember_failed(job.version, d.reason)
         _finish_job(dev, install, refused=True)
         return State.IDLE, None
+    if d.reason == "no_space" and install is not None:  # the download's partial file is already removed
+        _report_once(dev, install.job.version, "no_space", d.detail, state=state.value)
     dev.retries += 1
     delay = dev.backoff.next_delay(d.retry_after, slow=d.slow)
     log.warning("%s in state %s: %s; retrying in %.1f s", d.reason, state, d.detail, delay)
     await dev.sleep(delay)
     return State.CHECKING, install
+
+
+def _report_once(dev: Device, version: int, reason: str, detail: str, **fields: str) -> None:
+    """`failed` for a version this device cannot install *now* (a full disk, a read-only directory).
+    The version is not condemned: once the fault clears it is installed like any other offer."""
+    if (reason, version) not in dev.reported:
+        dev.reported.add((reason, version))
+        log.error("v%d cannot be installed: %s: %s", version, reason, detail)
+        dev.emit("failed", version, reason=reason, detail=detail, **fields)
 
 
 async def run_machine(dev: Device) -> None:

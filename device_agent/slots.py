@@ -25,7 +25,7 @@ in docs/architecture.md).
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,8 +34,9 @@ from pathlib import Path
 import artifact as A
 
 from .errors import SlotError
-from .fsutil import atomic_write, atomic_write_json, fsync_files, read_json, remove_stale_temps
+from .fsutil import Disk, fsync_files, read_json, remove_stale_temps
 
+log = logging.getLogger(__name__)
 SLOTS = ("a", "b")
 
 
@@ -50,6 +51,16 @@ class SlotContent:
         return self.verified.manifest.version
 
 
+def _ensure_dir(disk: Disk, root: Path) -> bool:
+    """DIR/slots as a directory; True when a file in its place was removed. A read-only model
+    directory without one serves nothing, but must not stop the agent from starting."""
+    try:
+        return disk.make_dir(root)
+    except OSError as e:
+        log.error("%s cannot be made: %s", root, e)
+        return False
+
+
 def other(slot: str) -> str:
     return "b" if slot == "a" else "a"
 
@@ -57,11 +68,15 @@ def other(slot: str) -> str:
 class SlotStore:
     """DIR/slots. `shared` (the simulator) stores each distinct ONNX file once and hard-links it."""
 
-    def __init__(self, root: Path, *, durable: bool = True, shared: Path | None = None) -> None:
+    def __init__(
+        self, root: Path, *, durable: bool = True, shared: Path | None = None, disk: Disk | None = None
+    ) -> None:
         self.root = root
         self.durable = durable
         self.shared = shared
-        root.mkdir(parents=True, exist_ok=True)
+        self.disk = disk or Disk()
+        self._pointer: str | None = None  # the slot this process made active: trusted over a rotting file
+        self.reset = _ensure_dir(self.disk, root)
         remove_stale_temps(root)
 
     def _path(self, slot: str, suffix: str) -> Path:
@@ -70,11 +85,19 @@ class SlotStore:
         return self.root / f"{slot}.{suffix}"
 
     def active(self) -> str | None:
+        """The slot the pointer names; None when there is none or it cannot be read (a flipped bit, a
+        directory in its place …): boot then chooses by verifying both slots and rewrites it."""
+        if self._pointer is not None:
+            return self._pointer
         try:
-            name = (self.root / "active").read_text().strip()
-        except FileNotFoundError:
+            name = (self.root / "active").read_bytes().decode("ascii").strip()
+        except (OSError, ValueError):
             return None
         return name if name in SLOTS else None
+
+    def assume_active(self, slot: str) -> None:
+        """Treat `slot` as active in this process although the pointer file could not be rewritten."""
+        self._pointer = slot
 
     def inactive(self) -> str:
         current = self.active()
@@ -85,7 +108,8 @@ class SlotStore:
 
         `sync=False` renames at once and leaves the directory fsync to :meth:`sync_pointer`.
         """
-        atomic_write(self.root / "active", f"{slot}\n".encode(), durable=self.durable and sync)
+        self.disk.write_atomic(self.root / "active", f"{slot}\n".encode(), durable=self.durable and sync)
+        self._pointer = slot
 
     def sync_pointer(self) -> None:
         """fsync the pointer and the active slot's meta file (both renamed without it)."""
@@ -103,24 +127,39 @@ class SlotStore:
         if slot == self.active():
             raise ValueError(f"slot {slot} is active; a new model goes to the other slot")
         self._path(slot, "meta.json").unlink(missing_ok=True)  # not servable until validated again
-        self._write_onnx(self._path(slot, "onnx"), onnx, verified.manifest.onnx.sha256)
-        atomic_write(self._path(slot, "manifest.json"), verified.manifest_bytes, durable=False)
-        sigs = [s.to_dict() for s in verified.signatures]
-        atomic_write_json(self._path(slot, "signatures.json"), sigs, durable=False)
+        try:
+            self._write_onnx(self._path(slot, "onnx"), onnx, verified.manifest.onnx.sha256)
+            self.disk.write_atomic(self._path(slot, "manifest.json"), verified.manifest_bytes, durable=False)
+            sigs = [s.to_dict() for s in verified.signatures]
+            self.disk.write_json(self._path(slot, "signatures.json"), sigs, durable=False)
+        except OSError:
+            self.discard(slot)  # a half-written slot is worth nothing, and a full disk needs the space
+            raise
+
+    def discard(self, slot: str) -> None:
+        """Remove an inactive slot's files (never the active one's)."""
+        if slot == self.active():
+            return
+        for suffix in ("meta.json", "onnx", "manifest.json", "signatures.json"):
+            self._path(slot, suffix).unlink(missing_ok=True)
+
+    def holds_validated(self, slot: str) -> bool:
+        """The slot carries its certificate: it is a fallback a new model must not overwrite unvalidated."""
+        return self._path(slot, "meta.json").exists()
 
     def mark_validated(self, slot: str, verified_at: datetime) -> None:
         """The slot's model passed the golden set. Made durable by :meth:`sync_pointer`."""
         meta = {"verified_at": A.format_time(verified_at), "validated_at": A.format_time(datetime.now(UTC))}
-        atomic_write_json(self._path(slot, "meta.json"), meta, durable=False)
+        self.disk.write_json(self._path(slot, "meta.json"), meta, durable=False)
 
     def _write_onnx(self, path: Path, onnx: bytes, sha256: str) -> None:
         if self.shared is None:
-            atomic_write(path, onnx, durable=False)
+            self.disk.write_atomic(path, onnx, durable=False)
             return
         self.shared.mkdir(parents=True, exist_ok=True)
         blob = self.shared / f"{sha256}.onnx"
         if not blob.exists():
-            atomic_write(blob, onnx, durable=self.durable)
+            self.disk.write_atomic(blob, onnx, durable=self.durable)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
         tmp.unlink(missing_ok=True)
         os.link(blob, tmp)
@@ -138,11 +177,13 @@ class SlotStore:
         content refused. `staged`: a slot written but not validated yet (an install resumed after a crash)."""
         try:
             manifest_bytes = self._path(slot, "manifest.json").read_bytes()
-            signatures = json.loads(self._path(slot, "signatures.json").read_bytes())
+            signatures = read_json(self._path(slot, "signatures.json"))
             meta = None if staged else read_json(self._path(slot, "meta.json"))
             onnx = self._path(slot, "onnx").read_bytes()
         except (OSError, ValueError) as e:
             raise SlotError(f"slot {slot} is incomplete: {e}") from e
+        if not isinstance(signatures, list):
+            raise SlotError(f"slot {slot} is incomplete: no signature list")
         verified_at = datetime.now(UTC)
         if not staged:
             if not isinstance(meta, dict) or not isinstance(meta.get("verified_at"), str) or "validated_at" not in meta:
@@ -158,7 +199,7 @@ class SlotStore:
     def version(self, slot: str) -> int | None:
         """The version a slot claims, unverified: for status displays only."""
         try:
-            data = json.loads(self._path(slot, "manifest.json").read_bytes())
+            data = read_json(self._path(slot, "manifest.json"))
         except (OSError, ValueError):
             return None
         version = data.get("version") if isinstance(data, dict) else None

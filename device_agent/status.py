@@ -31,6 +31,11 @@ def status(dev: Device) -> dict[str, Any]:
         "last_install": dev.installs[-1] if dev.installs else None,
         "installs": list(dev.installs),
         "events_queued": dev.events_queued,
+        "storage": {
+            "updates": "impossible: the model directory is read-only" if dev.read_only else "possible",
+            "error": dev.storage_error,
+            "files_reset": list(dev.files_reset),
+        },
         "requests_served": dev.holder.metrics.total,
         "at": now_rfc3339(),
     }

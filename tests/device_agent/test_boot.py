@@ -182,13 +182,11 @@ def test_unreadable_state_file_starts_from_idle_and_keeps_serving(
 def test_model_that_failed_validation_never_comes_back_as_the_fallback(
     server: FakeServer, releases: dict[int, Release], key: A.SigningKey, run_agent: Callable[..., AgentThread]
 ) -> None:
-    """v3 fails its golden set after overwriting the fallback slot; when the active slot is then
-    damaged, the agent must serve nothing rather than the refused v3."""
+    """v3 fails its golden set after being written to the empty other slot; when the active slot is
+    then damaged, the agent must serve nothing rather than the refused v3."""
     server.publish(releases[1])
     agent = run_agent()
     agent.wait_version(1)
-    server.publish(releases[2])
-    agent.wait_version(2)
     cases = golden_cases(tiny_classifier(3), 8, image_case=True)
     cases[0]["logits"] = [v + 1.0 for v in cases[0]["logits"]]
     server.publish(make_release(3, [key], golden={"tolerance": 1e-4, "cases": cases}))
@@ -204,3 +202,30 @@ def test_model_that_failed_validation_never_comes_back_as_the_fallback(
     assert again.version is None  # … but are never served
     rolled = wait_until(lambda: server.events_of("rolled_back"))
     assert rolled[0]["version"] is None
+
+
+def test_version_refused_by_golden_validation_keeps_the_fallback_slot(
+    server: FakeServer, releases: dict[int, Release], key: A.SigningKey, run_agent: Callable[..., AgentThread]
+) -> None:
+    """v1 and v2 installed: the inactive slot holds v1, the only other good model. A v3 that fails
+    its golden set must not have been staged over it: the device keeps its rollback target."""
+    server.publish(releases[1])
+    agent = run_agent()
+    agent.wait_version(1)
+    server.publish(releases[2])
+    agent.wait_version(2)
+    cases = golden_cases(tiny_classifier(3), 8, image_case=True)
+    cases[0]["logits"] = [v + 1.0 for v in cases[0]["logits"]]
+    server.publish(make_release(3, [key], golden={"tolerance": 1e-4, "cases": cases}))
+    wait_until(lambda: server.events_of("failed", 3), what="v3 refused")
+    agent.stop()
+    root = agent.agent.config.model_dir / "slots"
+    slots = SlotStore(root)
+    assert slots.version(slots.inactive()) == 1  # the fallback is untouched …
+    _flip_byte(root / f"{slots.active()}.onnx")
+
+    server.target = None
+    again = run_agent()
+    assert again.version == 1  # … and still serves when the active slot is damaged
+    rolled = wait_until(lambda: server.events_of("rolled_back"))
+    assert rolled[0]["version"] == 1 and rolled[0]["from_version"] == 2

@@ -154,3 +154,28 @@ def test_agent_package_imports_neither_torch_nor_the_server() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_model_that_kills_the_agent_while_loading_at_boot_is_abandoned_after_three_tries(
+    server: FakeServer, key: A.SigningKey, run_agent: Callable[..., AgentThread], spawn: Callable[..., AgentProcess]
+) -> None:
+    """The crash point `boot:loading:b` SIGKILLs the agent after it counted its attempt to load slot b
+    (v2, active) and before the model loads, as a segfault in the runtime would: after three such
+    deaths the agent serves the valid other slot instead of dying forever."""
+    server.publish(make_release(1, [key]))
+    setup = run_agent()
+    setup.wait_version(1)
+    server.publish(make_release(2, [key]))
+    setup.wait_version(2)
+    setup.stop()
+    assert SlotStore(setup.agent.config.model_dir / "slots").active() == "b"
+
+    for attempt in range(3):
+        dying = spawn(**{CRASH_AT_ENV: "boot:loading:b"})
+        assert dying.proc.wait(timeout=60) == -signal.SIGKILL, f"start {attempt + 1} did not die loading slot b"
+    agent = spawn(**{CRASH_AT_ENV: "boot:loading:b"})
+    status = agent.wait_status(lambda s: s["version"] is not None, "the agent serving after three crashes", 60)
+    assert status["version"] == 1 and status["slot"] == "a"  # the fallback, not another crash
+    assert status["failed_versions"] == {"2": "crash_loop"}  # and v2 is not installed again
+    rolled = wait_until(lambda: server.events_of("rolled_back"), what="rolled_back reported")
+    assert rolled[0]["version"] == 1 and rolled[0]["from_version"] == 2 and rolled[0]["reason"] == "crash_loop"
