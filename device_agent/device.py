@@ -31,7 +31,7 @@ from .fsutil import DirLock
 from .holder import ModelHolder
 from .install import Install
 from .policy import Backoff, jittered
-from .protocol import ServerClient
+from .protocol import ServerClient, poll_interval
 from .reporting import Reporter
 from .sessions import Runtime
 from .slots import SlotStore
@@ -57,7 +57,12 @@ class Device:
         self._lock = DirLock(root) if lock else None  # the simulator locks the fleet's root once instead
         self.store = StateStore(root / "state.json", durable=config.durable)
         self.slots = SlotStore(root / "slots", durable=config.durable, shared=shared_models)
-        self.downloads = DownloadDir(root / "downloads", durable=config.durable)
+        self.downloads = DownloadDir(
+            root / "downloads",
+            durable=config.durable,
+            min_rate=config.download_min_rate,
+            stall_window=config.download_stall_window,
+        )
         self._reporter: Reporter | None = None  # opened in start(), under the directory lock
         self.holder = ModelHolder(
             on_release=lambda v: log.debug("version %s drained and released", v), concurrency=config.concurrency
@@ -73,6 +78,8 @@ class Device:
         self.installs: list[dict[str, Any]] = []  # replaced, never mutated: the HTTP thread reads it
         self.bytes_by_source = {"delta": 0, "full": 0}
         self.retries = 0  # transient failures met by the update loop
+        self.delta_misses = 0  # error answers to the current job's delta URL (see machine.DELTA_TRIES)
+        self.said_verified: int | None = None  # the version a `verified` event was emitted for
         self._slot_write: asyncio.Future[None] | None = None  # the latest background slot write, of any install
         self._stop = asyncio.Event()
 
@@ -110,8 +117,9 @@ class Device:
 
     def poll_delay(self) -> float:
         interval = self.config.poll_interval
-        if self.record.poll_interval and not self.config.force_poll_interval:
-            interval = self.record.poll_interval
+        asked = poll_interval(self.record.poll_interval)  # state.json is read back: bounded again
+        if asked is not None and not self.config.force_poll_interval:
+            interval = asked
         return jittered(interval)
 
     def save(self, *, sync: bool = True) -> None:
