@@ -26,6 +26,7 @@ from .workers import update_executor
 
 log = logging.getLogger(__name__)
 USER_AGENT = "ota-device-agent/0.1"
+STOP_GRACE = 5.0  # seconds a clean stop waits for an event delivery in flight
 
 
 def http_client(*, timeout: float, connections: int = 10) -> httpx.AsyncClient:
@@ -97,9 +98,10 @@ class Agent:
             if device.stopping:
                 return
             raise
+        reporter = asyncio.create_task(device.reporter.report_forever(), name="event-reporter")
         tasks = [
             asyncio.create_task(run_machine(device), name="update-machine"),
-            asyncio.create_task(device.reporter.report_forever(), name="event-reporter"),
+            reporter,
             asyncio.create_task(device.wait_stopped(), name="stop"),
         ]
         try:
@@ -109,5 +111,9 @@ class Agent:
                     raise task.exception()  # type: ignore[misc]
         finally:
             for task in tasks:
-                task.cancel()
+                if task is not reporter:
+                    task.cancel()
+            if device.stopping:  # a delivery in flight may finish: cut, its events would be sent again
+                await asyncio.wait([reporter], timeout=STOP_GRACE)
+            reporter.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -46,6 +46,8 @@ class AgentConfig:
     update_niceness: int = 0  # >0: update work yields the CPU to /predict (slower swaps, flatter tail)
     durable: bool = True  # fsync state, slots and events (the simulator turns it off)
     http_timeout: float = 30.0
+    download_min_rate: float = 1024.0  # bytes/s a download must keep up over `download_stall_window` …
+    download_stall_window: float = 60.0  # … seconds, or it is cut and resumed later (a trickling server)
     crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
     disk: Disk = field(default_factory=Disk, compare=False, repr=False)  # every write goes through it (test seam)
 

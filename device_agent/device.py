@@ -31,7 +31,7 @@ from .fsutil import DirLock
 from .holder import ModelHolder
 from .install import Install
 from .policy import Backoff, jittered
-from .protocol import ServerClient
+from .protocol import ServerClient, poll_interval
 from .reporting import Reporter
 from .sessions import Runtime
 from .slots import SlotStore
@@ -58,7 +58,13 @@ class Device:
         self._lock = DirLock(root, disk) if lock else None  # the simulator locks the fleet's root once instead
         self.store = StateStore(root / "state.json", durable=config.durable, disk=disk)
         self.slots = SlotStore(root / "slots", durable=config.durable, shared=shared_models, disk=disk)
-        self.downloads = DownloadDir(root / "downloads", durable=config.durable, disk=disk)
+        self.downloads = DownloadDir(
+            root / "downloads",
+            durable=config.durable,
+            disk=disk,
+            min_rate=config.download_min_rate,
+            stall_window=config.download_stall_window,
+        )
         self.read_only = False  # the model directory cannot be written: serve what is installed, no updates
         self.files_reset: list[str] = []  # files found unreadable at start and started afresh (shown in /status)
         self.storage_error: str | None = None  # the last write that failed (a full disk), until one succeeds
@@ -78,6 +84,8 @@ class Device:
         self.installs: list[dict[str, Any]] = []  # replaced, never mutated: the HTTP thread reads it
         self.bytes_by_source = {"delta": 0, "full": 0}
         self.retries = 0  # transient failures met by the update loop
+        self.delta_misses = 0  # error answers to the current job's delta URL (see machine.DELTA_TRIES)
+        self.said_verified: int | None = None  # the version a `verified` event was emitted for
         self._slot_write: asyncio.Future[None] | None = None  # the latest background slot write, of any install
         self._stop = asyncio.Event()
 
@@ -129,8 +137,9 @@ class Device:
 
     def poll_delay(self) -> float:
         interval = self.config.poll_interval
-        if self.record.poll_interval and not self.config.force_poll_interval:
-            interval = self.record.poll_interval
+        asked = poll_interval(self.record.poll_interval)  # state.json is read back: bounded again
+        if asked is not None and not self.config.force_poll_interval:
+            interval = asked
         return jittered(interval)
 
     def save(self, *, sync: bool = True) -> bool:

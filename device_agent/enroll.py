@@ -1,4 +1,8 @@
-"""Enrollment and the device token: enroll once, keep the token in DIR/credentials.json (mode 0600)."""
+"""Enrollment and the device token: enroll once, keep the token in DIR/credentials.json (mode 0600).
+
+A token the server refuses for good (the device was deleted, its token revoked) is replaced by
+enrolling again when an enrollment secret is at hand (:func:`reenroll`), under the same device id.
+"""
 
 from __future__ import annotations
 
@@ -65,6 +69,26 @@ def _stored(dev: Device) -> dict[str, str] | None:
         dev.note_reset(CREDENTIALS, "device_id is not a string")
         return None
     return {k: value[k] for k in fields if value.get(k)}
+
+
+async def reenroll(dev: Device, why: str) -> bool:
+    """Enroll again after the server refused our token; False when it cannot be done now (no secret,
+    a token file, or enrollment refused or unreachable: the caller keeps backing off slowly)."""
+    cfg = dev.config
+    if cfg.token_file is not None or not cfg.enroll_secret:
+        return False
+    try:
+        creds = await dev.client.enroll(
+            secret=cfg.enroll_secret, model=cfg.model, device_id=dev.device_id or cfg.device_id, labels=cfg.labels
+        )
+    except (EnrollmentError, TransientError) as e:
+        log.warning("the server refused our token (%s) and enrolling again failed: %s", why, e)
+        return False
+    _store_credentials(dev, creds)
+    version = dev.holder.version
+    detail = f"the server refused the device token ({why}); enrolled again"
+    dev.emit("checking", version, reason="re_enrolled", detail=detail, installed_version=version)
+    return True
 
 
 def _store_credentials(dev: Device, creds: Credentials) -> None:

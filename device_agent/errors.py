@@ -37,9 +37,10 @@ class AgentError(Exception):
 class TransientError(AgentError):
     """Nothing was learned about the update: try again later, with backoff."""
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.status = status  # the HTTP status behind it, when there was one
 
 
 class NetworkError(TransientError):

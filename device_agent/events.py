@@ -8,7 +8,11 @@ Two limits keep a long-offline device healthy: past `cap` events the oldest `met
 dropped (lifecycle events never are), and a batch the server refuses as invalid (4xx) is split until
 the offending events are found; each is sent once more with only the contract's fields (a strict
 server may refuse our extra ones), and otherwise set aside in events.rejected.jsonl, so one bad
-event cannot block the queue forever.
+event cannot block the queue forever. A batch answered 500 is split the same way, as a server may
+fail on one event it should have refused (a NUL in a detail, on PostgreSQL): an event answered 500
+on its own while others got through is passed over, and set aside after :data:`STRIKES` such
+flushes. A server that fails everything (an outage) stops the flush after :data:`MAX_BLIND_FAILURES`
+requests, and nothing is set aside.
 
 A full disk never stops the agent: an event that cannot be appended stays queued in memory (and is
 delivered from there) unless it is a `metrics` event, which is dropped; the file is rewritten
@@ -25,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import RejectedError
+from .errors import RejectedError, ServerBusyError
 from .fsutil import Disk
 from .protocol import ServerClient
 
@@ -33,6 +37,18 @@ log = logging.getLogger(__name__)
 BATCH = 100
 # DESIGN.md's event fields; anything else an event carries is a courtesy the server may refuse.
 CONTRACT_FIELDS = frozenset({"type", "version", "reason", "at", "metrics", "installed_version"})
+STRIKES = 3  # flushes in which an event alone was answered 500 while others got through, before it is set aside
+MAX_BLIND_FAILURES = 10  # 500s in one flush before any event got through: the server is down, not one event bad
+
+
+class _Flush:
+    """One flush's bookkeeping of 500 answers."""
+
+    def __init__(self) -> None:
+        self.passed_over: set[int] = set()  # ids of events answered 500 on their own
+        self.blind_failures = 0  # 500s before anything got through
+        self.delivered = 0
+        self.last_error: ServerBusyError | None = None
 
 
 class EventQueue:
@@ -47,6 +63,7 @@ class EventQueue:
         self._unsaved = True  # the file is rewritten whole at the next chance (and a torn last line with it)
         self._rewrite()
         self.delivered = 0
+        self._strikes: dict[int, int] = {}  # id(event) → flushes it was passed over in (see STRIKES)
 
     def _read(self) -> list[dict[str, Any]]:
         try:
@@ -129,6 +146,8 @@ class EventQueue:
         with self._lock:
             ids = {id(e) for e in events}
             self._events = [e for e in self._events if id(e) not in ids]
+            for i in ids:  # an id is an address: a later event may get it
+                self._strikes.pop(i, None)
             self._rewrite()
 
     def _set_aside(self, event: dict[str, Any], why: str) -> None:
@@ -160,21 +179,56 @@ class EventQueue:
     async def flush(self, client: ServerClient) -> int:
         """Send everything queued, oldest first. Transport errors propagate; the queue keeps its events."""
         sent = 0
+        run = _Flush()
         while True:
             with self._lock:
-                batch = self._events[:BATCH]
-            if not batch:
-                return sent
-            sent += await self._send(client, batch)
+                batch = [e for e in self._events if id(e) not in run.passed_over][:BATCH]
+            if not batch or run.blind_failures >= MAX_BLIND_FAILURES:
+                break
+            sent += await self._send(client, batch, run)
+        if run.passed_over:
+            self._strike(run)
+        if run.last_error is not None and (run.passed_over or not run.delivered):
+            raise run.last_error
+        return sent
 
-    async def _send(self, client: ServerClient, batch: list[dict[str, Any]]) -> int:
+    def _strike(self, run: _Flush) -> None:
+        """Events answered 500 alone in a flush where others got through: one strike each."""
+        if not run.delivered:
+            return  # nothing got through: the server may be down; no event is to blame
+        for event in self.snapshot():
+            if id(event) in run.passed_over:
+                strikes = self._strikes.get(id(event), 0) + 1
+                self._strikes[id(event)] = strikes
+                if strikes >= STRIKES:
+                    run.passed_over.discard(id(event))
+                    self._strikes.pop(id(event), None)
+                    self._set_aside(
+                        event, f"answered {run.last_error} in {strikes} flushes while other events got through"
+                    )
+
+    async def _send(self, client: ServerClient, batch: list[dict[str, Any]], run: _Flush) -> int:
+        if run.blind_failures >= MAX_BLIND_FAILURES:
+            return 0
         try:
             await client.post_events(batch)
         except RejectedError as e:
             if len(batch) == 1:
                 return await self._send_minimal(client, batch[0], str(e))
             half = len(batch) // 2
-            return await self._send(client, batch[:half]) + await self._send(client, batch[half:])
+            return await self._send(client, batch[:half], run) + await self._send(client, batch[half:], run)
+        except ServerBusyError as e:
+            if e.status != 500:  # 429, 502, 503, 504: overloaded or away; the batch is not to blame
+                raise
+            run.last_error = e
+            if not run.delivered:
+                run.blind_failures += 1
+            if len(batch) == 1:
+                run.passed_over.add(id(batch[0]))
+                return 0
+            half = len(batch) // 2
+            return await self._send(client, batch[:half], run) + await self._send(client, batch[half:], run)
         self._drop(batch)
         self.delivered += len(batch)
+        run.delivered += len(batch)
         return len(batch)

@@ -29,7 +29,8 @@ from datetime import UTC, datetime
 import artifact as A
 
 from .device import Device
-from .errors import CrashLoopError, OfferError, SlotError
+from .enroll import reenroll
+from .errors import AuthError, CrashLoopError, OfferError, SlotError, TransientError
 from .install import Install
 from .policy import classify
 from .protocol import Offer, now_rfc3339
@@ -100,6 +101,8 @@ def _finish_job(dev: Device, install: Install, *, refused: bool) -> None:
     dev.record.job = None
     dev.record.crashes = {}
     dev.downloads.clear()
+    dev.backoff.reset()
+    dev.delta_misses = 0
     dev.save()
 
 
@@ -127,7 +130,8 @@ async def checking(dev: Device, install: Install | None) -> Next:
     rec = dev.record
     current = dev.holder.version
     offer = await dev.client.poll(current, rec.etag if install is None and rec.etag_version == current else None)
-    dev.backoff.reset()
+    if install is None:  # a poll that works says nothing of a download that keeps failing: that backs off on its own
+        dev.backoff.reset()
     if offer is not None and offer.poll_interval:
         rec.poll_interval = offer.poll_interval
     if dev.read_only:  # nothing can be written: serve what is installed, say once per version why not more
@@ -165,18 +169,48 @@ async def downloading(dev: Device, install: Install | None) -> Next:
         dev.emit("downloading", job.version, source=job.source, bytes=length, reason=job.delta_refused)
         job.announced = job.source
         dev.save(sync=False)
-    result = await dev.downloads.fetch(
-        dev.client,
-        url,
-        length=length,
-        sha256=sha256,
-        what=what,
-        progress=install.progress.update,
-        reserve=verified.manifest.onnx.length,  # the slot it will be written to
+    fetch = asyncio.ensure_future(
+        dev.downloads.fetch(
+            dev.client,
+            url,
+            length=length,
+            sha256=sha256,
+            what=what,
+            progress=install.progress.update,
+            reserve=verified.manifest.onnx.length,  # the slot it will be written to
+        )
     )
+    watch = asyncio.ensure_future(_offer_withdrawn(dev, job))
+    try:
+        await asyncio.wait([fetch, watch], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watch, fetch):
+            task.cancel()
+        await asyncio.gather(watch, fetch, return_exceptions=True)
+    if not fetch.done() or fetch.cancelled():  # the server changed its mind: checking acts on its new word
+        log.info("the offer of v%d changed while it downloaded; polling again", job.version)
+        return State.CHECKING, install
+    result = fetch.result()
     job.bytes_received += result.received
     dev.bytes_by_source[job.source] += result.received
+    dev.backoff.reset()  # the step that was failing has passed
     return State.VERIFYING, install
+
+
+async def _offer_withdrawn(dev: Device, job: Job) -> None:
+    """Poll while a download runs; return once the server no longer offers the job's version as it
+    was (a newer offer, a revocation): a slow download must not hide the server's new word."""
+    while True:
+        await dev.sleep(dev.poll_delay())
+        if dev.stopping:
+            await asyncio.Event().wait()  # the machine is being cancelled; the download's end decides nothing
+        try:
+            offer = await dev.client.poll(dev.holder.version, None)
+        except (TransientError, AuthError) as e:
+            log.debug("poll while downloading: %s", e)
+            continue
+        if offer is None or (offer.version, offer.manifest_bytes) != (job.version, job.offer.manifest_bytes):
+            return
 
 
 async def verifying(dev: Device, install: Install | None) -> Next:
@@ -196,7 +230,9 @@ async def verifying(dev: Device, install: Install | None) -> Next:
         onnx = await asyncio.to_thread(A.install_delta, verified, base, data.data)
     else:
         onnx = await asyncio.to_thread(A.install_full, verified, data)
-    dev.emit("verified", job.version)
+    if dev.said_verified != job.version:  # once per install, not once per retry of a later step
+        dev.emit("verified", job.version)
+        dev.said_verified = job.version
     verified_wall = datetime.now(UTC)
     job.slot = dev.slots.inactive()  # persisted by the next state marker, before anything is written there
     staged = replace(install, staged=(verified, onnx), verified_wall=verified_wall, verified_at=time.perf_counter())
@@ -315,14 +351,23 @@ RESUME: dict[State, State] = {
 }
 
 
+# Where a crash can be the update's doing (decoding, loading, validating, swapping in the new model):
+# only these count towards the cap. A device power-cycled four times while its download makes
+# progress has learned nothing against the version.
+CRASH_COUNTED = frozenset({State.CHECKING, State.VERIFYING, State.STAGING, State.VALIDATING, State.SWAPPING})
+
+
 def resume(dev: Device) -> State:
-    """The state to continue from. A start that finds a job unfinished is a crash, unless we stopped cleanly."""
+    """The state to continue from. A start that finds a job unfinished is a crash, unless we stopped
+    cleanly; it counts against the version only in :data:`CRASH_COUNTED` states."""
     rec = dev.record
     clean, rec.clean_exit = rec.clean_exit, False
     if rec.job is None or dev.read_only:  # read-only: no install can go on (checking says so)
         return State.CHECKING
     state = rec.state
-    if not clean:
+    if not clean and state not in CRASH_COUNTED:
+        log.warning("resuming v%d in state %s after an unclean stop (not counted)", rec.job.version, state)
+    elif not clean:
         crashes = rec.crashes.get(state.value, 0) + 1
         rec.crashes[state.value] = crashes
         dev.save()
@@ -332,9 +377,25 @@ def resume(dev: Device) -> State:
     return RESUME[state]
 
 
+DELTA_TRIES = 3  # answers other than the delta's bytes (404, 410, 5xx) before the full payload is fetched instead
+
+
+def _delta_unavailable(dev: Device, install: Install, state: State, exc: Exception) -> bool:
+    """True once the server has answered the delta's URL with an error :data:`DELTA_TRIES` times in a
+    row: a delta that is never there must not stop the update (the full payload is signed anyway)."""
+    if install.job.source != "delta" or state is not State.DOWNLOADING:
+        return False
+    if not isinstance(exc, TransientError) or exc.status is None:  # the network, not the server's answer
+        return False
+    dev.delta_misses += 1
+    return dev.delta_misses >= DELTA_TRIES
+
+
 async def handle_error(dev: Device, state: State, install: Install | None, exc: Exception) -> Next:
     """The one error handler: retry later, fall back from a delta once, or fail the version."""
     install = _held(dev, install)
+    if isinstance(exc, AuthError) and await reenroll(dev, str(exc)):
+        return State.CHECKING, install
     d = classify(exc, in_update=install is not None)
     dev.last_error = {"state": state.value, "reason": d.reason, "detail": d.detail, "at": now_rfc3339()}
     if d.reason == "internal_error":
@@ -355,6 +416,16 @@ async def handle_error(dev: Device, state: State, install: Install | None, exc: 
         return State.IDLE, None
     if d.reason == "no_space" and install is not None:  # the download's partial file is already removed
         _report_once(dev, install.job.version, "no_space", d.detail, state=state.value)
+    elif install is not None and _delta_unavailable(dev, install, state, exc):
+        job = install.job
+        log.warning(
+            "delta for v%d unavailable %d times (%s); fetching the full payload",
+            job.version,
+            dev.delta_misses,
+            d.detail,
+        )
+        job.source, job.delta_refused = "full", f"delta_unavailable: {d.detail}"
+        dev.save(sync=False)
     dev.retries += 1
     delay = dev.backoff.next_delay(d.retry_after, slow=d.slow)
     log.warning("%s in state %s: %s; retrying in %.1f s", d.reason, state, d.detail, delay)

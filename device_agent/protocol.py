@@ -12,6 +12,8 @@ import base64
 import binascii
 import contextlib
 import email.utils
+import json
+import math
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -29,6 +31,8 @@ from .errors import AuthError, EnrollmentError, NetworkError, ProtocolError, Rej
 ENROLL_PATH = "/v1/devices/enroll"
 UPDATE_PATH = "/v1/device/update"
 EVENTS_PATH = "/v1/device/events"
+MAX_ANSWER_BYTES = 256 * 1024  # poll, enroll and events answers: a manifest is < 64 KB
+POLL_INTERVAL_BOUNDS = (1.0, 86_400.0)  # what a server may ask: at most once a second, at least once a day
 EVENT_TYPES = ("checking", "downloading", "verified", "installed", "failed", "rolled_back", "metrics")
 
 
@@ -129,9 +133,7 @@ def parse_offer(body: Any, *, etag: str | None) -> Offer:
     if not isinstance(sigs, list) or not all(isinstance(s, dict) for s in sigs):
         raise ProtocolError("offer field signatures must be a list of objects")
     delta = body.get("delta")
-    interval = body.get("poll_interval")
-    if interval is not None and (not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0):
-        raise ProtocolError(f"offer field poll_interval must be a positive number, got {interval!r}")
+    interval = poll_interval(body.get("poll_interval"))
     return Offer(
         model=_str(body.get("model"), "model"),
         version=_int(body.get("version"), "version", 1),
@@ -141,9 +143,25 @@ def parse_offer(body: Any, *, etag: str | None) -> Offer:
         delta=None
         if delta is None
         else DeltaRef(**_blob(delta, "delta"), from_version=_int(delta.get("from_version"), "delta.from_version", 1)),
-        poll_interval=None if interval is None else float(interval),
+        poll_interval=interval,
         etag=etag,
     )
+
+
+def poll_interval(value: Any) -> float | None:
+    """The server's `poll_interval`, clamped to :data:`POLL_INTERVAL_BOUNDS` (Infinity would mean
+    never again); None (keep the one in use) for anything that is not a positive number (NaN would
+    poll without pause). Neither may reach the persisted record."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of a thousand digits
+        seconds = math.inf
+    if math.isnan(seconds) or seconds <= 0:
+        return None
+    low, high = POLL_INTERVAL_BOUNDS
+    return min(max(seconds, low), high)
 
 
 def now_rfc3339() -> str:
@@ -195,29 +213,55 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, moment.timestamp() - time.time())
 
 
-def _detail(response: httpx.Response) -> str:
-    """The `detail` of a problem+json answer, else the start of the body."""
+def _json(data: bytes, what: str) -> Any:
+    """Parse an answer; unreadable or absurdly nested JSON is a :class:`ProtocolError`, never a crash."""
     try:
-        body = response.json()
-    except httpx.ResponseNotRead:  # a streamed download's error body: not worth reading
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise ProtocolError(f"{what}: answer is not JSON: {type(e).__name__}") from e
+
+
+def _detail(body: bytes | None) -> str:
+    """The `detail` of a problem+json answer, else the start of the body (none for a streamed download)."""
+    if not body:
         return ""
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])
-    return str(body)[:200]
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(value, dict) and isinstance(value.get("detail"), str):
+        return str(value["detail"])[:1000]
+    return str(value)[:200]
 
 
-def _raise_for_status(response: httpx.Response, what: str) -> None:
+def _raise_for_status(response: httpx.Response, what: str, body: bytes | None = None) -> None:
     code = response.status_code
     if code < 400:
         return
-    message = f"{what}: HTTP {code} {_detail(response)}".rstrip()
+    message = f"{what}: HTTP {code} {_detail(body)}".rstrip()
     if code in (401, 403):
         raise AuthError(message)
     if code == 429 or code >= 500:
-        raise ServerBusyError(message, retry_after=_retry_after(response))
-    raise ProtocolError(message)
+        raise ServerBusyError(message, retry_after=_retry_after(response), status=code)
+    raise ProtocolError(message, status=code)
+
+
+async def _read_capped(response: httpx.Response, what: str, cap: int = MAX_ANSWER_BYTES) -> bytes:
+    """The raw body, refused past `cap` bytes while it streams in (a hostile server cannot exhaust memory).
+
+    Compressed answers are refused, as httpx would inflate them behind the cap's back."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(f"{what}: unexpected Content-Encoding {encoding!r}")
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise ProtocolError(f"{what}: answer of {declared} bytes is above the {cap}-byte cap")
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += chunk
+        if len(data) > cap:
+            raise ProtocolError(f"{what}: answer is above the {cap}-byte cap; dropped")
+    return bytes(data)
 
 
 @contextmanager
@@ -238,6 +282,7 @@ class BlobResponse:
     status: int
     start: int
     content_length: int | None
+    total: int | None  # the blob's whole length, when a 206's Content-Range names it
     chunks: AsyncIterator[bytes]
 
 
@@ -268,24 +313,30 @@ class ServerClient:
     def url(self, path_or_url: str) -> str:
         return urljoin(self.base_url, path_or_url)
 
+    async def _exchange(
+        self, what: str, method: str, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> tuple[httpx.Response, bytes]:
+        """One request whose answer is read whole, but never more than :data:`MAX_ANSWER_BYTES`."""
+        sent = {"Accept-Encoding": "identity", **(headers or {})}
+        with _translated(what):
+            async with self._gate, self.http.stream(method, self.url(url), headers=sent, **kwargs) as response:
+                return response, await _read_capped(response, what)
+
     async def enroll(self, *, secret: str, model: str, device_id: str | None, labels: Mapping[str, str]) -> Credentials:
         body: dict[str, Any] = {"enrollment_secret": secret, "model": model}
         if device_id:
             body["device_id"] = device_id
         if labels:
             body["labels"] = dict(labels)
-        with _translated("enroll"):
-            async with self._gate:
-                response = await self.http.post(self.url(ENROLL_PATH), json=body)
+        response, answer = await self._exchange("enroll", "POST", ENROLL_PATH, json=body)
         if response.status_code in (429,) or response.status_code >= 500:
-            _raise_for_status(response, "enroll")
+            _raise_for_status(response, "enroll", answer)
         if response.status_code not in (200, 201):
-            raise EnrollmentError(f"enrollment refused: HTTP {response.status_code} {_detail(response)}")
-        try:
-            data = response.json()
-            creds = Credentials(device_id=str(data["device_id"]), token=str(data["token"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise ProtocolError(f"enroll: unreadable answer: {e}") from e
+            raise EnrollmentError(f"enrollment refused: HTTP {response.status_code} {_detail(answer)}")
+        data = _json(answer, "enroll")
+        if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data.get("device_id"):
+            raise ProtocolError("enroll: the answer carries no device_id and token")
+        creds = Credentials(device_id=str(data["device_id"])[:200], token=data["token"])
         self.token = creds.token
         return creds
 
@@ -295,28 +346,22 @@ class ServerClient:
         headers = self._auth(self.base_url)
         if etag:
             headers["If-None-Match"] = etag
-        with _translated("poll"):
-            async with self._gate:
-                response = await self.http.get(self.url(UPDATE_PATH), params=params, headers=headers)
+        response, answer = await self._exchange("poll", "GET", UPDATE_PATH, params=params, headers=headers)
         if response.status_code in (204, 304):
             return None
-        _raise_for_status(response, "poll")
+        _raise_for_status(response, "poll", answer)
         if response.status_code != 200:
-            raise ProtocolError(f"poll: unexpected HTTP {response.status_code}")
-        try:
-            body = response.json()
-        except ValueError as e:
-            raise ProtocolError(f"poll: answer is not JSON: {e}") from e
-        return parse_offer(body, etag=response.headers.get("etag"))
+            raise ProtocolError(f"poll: unexpected HTTP {response.status_code}", status=response.status_code)
+        return parse_offer(_json(answer, "poll"), etag=response.headers.get("etag"))
 
     async def post_events(self, events: Sequence[Mapping[str, Any]]) -> None:
         body = [wire_event(e) for e in events]
-        with _translated("events"):
-            async with self._gate:
-                response = await self.http.post(self.url(EVENTS_PATH), json=body, headers=self._auth(self.base_url))
+        response, answer = await self._exchange(
+            "events", "POST", EVENTS_PATH, json=body, headers=self._auth(self.base_url)
+        )
         if response.status_code in (400, 413, 422):
-            raise RejectedError(f"events refused: HTTP {response.status_code} {_detail(response)}")
-        _raise_for_status(response, "events")
+            raise RejectedError(f"events refused: HTTP {response.status_code} {_detail(answer)}")
+        _raise_for_status(response, "events", answer)
 
     @asynccontextmanager
     async def open_blob(self, url: str, start: int) -> AsyncIterator[BlobResponse]:
@@ -332,18 +377,40 @@ class ServerClient:
     def _blob_response(self, response: httpx.Response, start: int) -> BlobResponse:
         code = response.status_code
         if code in (401, 403, 404, 410):  # an expired presigned URL or a vanished blob: poll again for a fresh one
-            raise ProtocolError(f"download: HTTP {code}; will ask the server for a fresh URL")
+            raise ProtocolError(f"download: HTTP {code}; will ask the server for a fresh URL", status=code)
+        if code == 416:  # the partial file is longer than the blob: the caller restarts from zero
+            return BlobResponse(code, 0, None, None, _no_chunks())
         _raise_for_status(response, "download")
         if response.headers.get("content-encoding", "identity") != "identity":
             raise ProtocolError(f"download: unexpected Content-Encoding {response.headers['content-encoding']}")
         length = response.headers.get("content-length")
         content_length = int(length) if length is not None and length.isdigit() else None
+        total = None
         if code == 206:
-            first = response.headers.get("content-range", "").removeprefix("bytes ").split("-", 1)[0]
-            if not first.isdigit() or int(first) != start:
-                raise ProtocolError(f"download: asked for bytes from {start}, got Content-Range {first!r}")
-        elif code == 416:
-            pass  # the partial file is longer than the blob: the caller restarts from zero
+            first, last, total = _content_range(response.headers.get("content-range", ""))
+            if first != start:
+                raise ProtocolError(f"download: asked for bytes from {start}, got Content-Range from {first}")
+            if content_length is not None and content_length != last - first + 1:
+                raise ProtocolError(
+                    f"download: Content-Length {content_length} does not match Content-Range {first}-{last}"
+                )
         elif code != 200:
             raise ProtocolError(f"download: unexpected HTTP {code}")
-        return BlobResponse(code, start if code == 206 else 0, content_length, response.aiter_bytes())
+        return BlobResponse(code, start if code == 206 else 0, content_length, total, response.aiter_bytes())
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover (makes this an async generator)
+
+
+def _content_range(value: str) -> tuple[int, int, int | None]:
+    """`bytes first-last/total` (total may be `*`) → (first, last, total); anything else is a ProtocolError."""
+    unit, _, spec = value.strip().partition(" ")
+    span, _, total = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit()) or not (total == "*" or total.isdigit()):
+        raise ProtocolError(f"download: malformed Content-Range {value!r}")
+    if int(last) < int(first) or (total != "*" and int(last) >= int(total)):
+        raise ProtocolError(f"download: inconsistent Content-Range {value!r}")
+    return int(first), int(last), None if total == "*" else int(total)

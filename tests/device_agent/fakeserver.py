@@ -2,7 +2,9 @@
 
 It speaks the device half of the wire API (enroll, update, events, blobs with Range) and lets a
 test tamper with anything: the offer JSON (`offer_hook`), the bytes served for a blob
-(`blob_override`), the pace of a download (`throttle`), the events endpoint's answer. Left alone,
+(`blob_override`), the pace of a download (`throttle`), the events endpoint's answer
+(`events_status`, `events_hook`), any answer at all, headers and streamed body included
+(`answer_hook`: the hostile server), and a device's enrollment (`revoke`). Left alone,
 it answers like the real server: the same status codes, answer bodies and problem documents
 (`test_contract.py` holds it to that); tests that need an honest server use the real one.
 """
@@ -14,7 +16,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -24,6 +26,7 @@ import artifact as A
 from .models import Release
 
 SECRET = "enroll-me"
+Answer = tuple[int, dict[str, str], Iterable[bytes]]
 STRICT_FIELDS = {"type", "version", "reason", "at", "metrics", "installed_version"}
 
 
@@ -45,6 +48,9 @@ class FakeServer:
         self.ignore_range = False
         self.events: list[dict[str, Any]] = []
         self.events_status: int | None = None  # answer every events POST with this status
+        self.events_hook: Callable[[list[dict[str, Any]]], int | None] | None = None  # a status for this batch, or None
+        # (method, path) → (status, headers, body chunks) sent instead of the real answer, or None: the hostile server
+        self.answer_hook: Callable[[str, str], Answer | None] | None = None
         self.reject_types: set[str] = set()  # 422 for a batch holding one of these event types
         self.strict_events = False  # 422 for any field beyond DESIGN.md's, like a server with extra="forbid"
         self.enrollments: list[dict[str, Any]] = []
@@ -99,6 +105,15 @@ class FakeServer:
         sha = self._sha(data)
         self.blobs[sha] = data
         return f"/v1/blobs/{sha}"
+
+    def revoke(self, device_id: str) -> None:
+        """What an admin's `DELETE /v1/devices/{id}` does: the token is refused from now on (401)."""
+        with self._lock:
+            self.tokens = {t: d for t, d in self.tokens.items() if d != device_id}
+            self.devices.pop(device_id, None)
+
+    def requests_to(self, path: str) -> int:
+        return len([r for r in list(self.requests) if urlsplit(r[1]).path == path])
 
     def events_of(self, type_: str, version: int | None = None) -> list[dict[str, Any]]:
         return [e for e in list(self.events) if e["type"] == type_ and (version is None or e.get("version") == version)]
@@ -184,9 +199,33 @@ class _Handler(BaseHTTPRequestHandler):
     def _record(self) -> None:
         self.fake.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
 
+    def _hostile(self) -> bool:
+        """Send the `answer_hook`'s answer, if it has one for this request."""
+        hook = self.fake.answer_hook
+        answer = None if hook is None else hook(self.command, urlsplit(self.path).path)
+        if answer is None:
+            return False
+        status, headers, chunks = answer
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if not any(k.lower() == "content-length" for k in headers):
+            self.send_header("Connection", "close")  # the body ends when the connection does
+        self.end_headers()
+        try:
+            for chunk in chunks:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+        return True
+
     def do_POST(self) -> None:
         self._record()
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"null")
+        if self._hostile():
+            return
         path = urlsplit(self.path).path
         if path == "/v1/devices/enroll":
             self._enroll(body)
@@ -196,6 +235,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unauthenticated()
             elif self.fake.events_status is not None:
                 self._problem(self.fake.events_status, "forced", "Forced", "events_status is set")
+            elif self.fake.events_hook is not None and (status := self.fake.events_hook(body)) is not None:
+                self._problem(status, "forced", "Forced", "events_hook refused this batch")
             elif any(e.get("type") in self.fake.reject_types for e in body) or (
                 self.fake.strict_events and any(set(e) - STRICT_FIELDS for e in body)
             ):
@@ -235,6 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record()
+        if self._hostile():
+            return
         parts = urlsplit(self.path)
         if parts.path == "/v1/device/update":
             if self._device() is None:

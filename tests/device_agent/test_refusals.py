@@ -71,12 +71,6 @@ def payload_longer_than_offered(server: FakeServer, r: dict[int, Release], key: 
     server.blob_override[r[3].payload_sha] = r[3].payload + b"\0" * 50_000
 
 
-def truncated_download(server: FakeServer, r: dict[int, Release], key: Key, _: Key) -> None:
-    server.deltas = False
-    server.publish(r[3])
-    server.blob_override[r[3].payload_sha] = r[3].payload[:-100]
-
-
 def delta_for_wrong_base(server: FakeServer, r: dict[int, Release], key: Key, _: Key) -> None:
     """The delta is made against v1 but offered for v2; the full payload is tampered too: nothing is left."""
     server.delta_override[2] = A.make_delta(r[1].onnx, r[3].onnx)
@@ -120,7 +114,6 @@ CASES: list[tuple[Craft, str, int]] = [
     (downgrade, "downgrade", 1),
     (expired_manifest, "expired", 3),
     (payload_longer_than_offered, "too_long", 3),
-    (truncated_download, "truncated", 3),
     (delta_for_wrong_base, "hash_mismatch", 3),
     (golden_set_mismatch, "validation_failed", 3),
     (model_the_runtime_cannot_load, "validation_failed", 3),
