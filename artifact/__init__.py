@@ -50,6 +50,7 @@ from .keys import (
 )
 from .manifest import (
     MAX_MANIFEST_BYTES,
+    MAX_VERSION,
     MODEL_NAME_PATTERN,
     SHA256_HEX_PATTERN,
     Golden,
@@ -73,6 +74,7 @@ from .verify import TrustPolicy, VerifiedManifest, check_bytes, read_verified, v
 __all__ = [
     "ENCODING_ONNX_ZSTD",
     "MAX_MANIFEST_BYTES",
+    "MAX_VERSION",
     "MODEL_NAME_PATTERN",
     "SHA256_HEX_PATTERN",
     "ArtifactError",

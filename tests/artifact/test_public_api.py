@@ -28,6 +28,7 @@ PUBLIC = {
     "KeyFileError",
     "LengthError",
     "MAX_MANIFEST_BYTES",
+    "MAX_VERSION",
     "MODEL_NAME_PATTERN",
     "Manifest",
     "ManifestError",
