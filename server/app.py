@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .api.problems import BodyLimit, install_problem_handlers
 from .api.routes import blobs, device, devices, ops, registry, rollouts
+from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
 from .errors import DatabaseUnavailableError
@@ -30,6 +31,7 @@ log = logging.getLogger("ota.app")
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
+    await run_in_threadpool(sweep_spool, services.settings.upload_spool)  # bodies of killed processes
     await run_in_threadpool(services.storage.start)
     try:
         await run_in_threadpool(services.view.refresh)

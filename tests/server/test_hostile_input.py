@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 import artifact as A
-from tests.support import manifest_fields, tiny_classifier
+from tests.support import manifest_fields, tiny_classifier, wait_for
 
-from .conftest import ADMIN, ENROLLMENT_SECRET, IMMEDIATE, Env, assert_problem, bearer, enroll, publish
+from .conftest import ADMIN, ENROLLMENT_SECRET, IMMEDIATE, Env, assert_problem, bearer, enroll, publish, release
 
 pytestmark = pytest.mark.parametrize("env", ["sqlite-file", "postgresql-file"], indirect=True)
 NUL = "bad\u0000value"
@@ -133,3 +133,39 @@ def test_signed_manifest_with_a_5000_digit_metric_is_422(env: Env, client: TestC
     data = _signed(env, lambda b: b.replace(b'"params":579', b'"params":' + b"9" * 5000))
     doc = assert_problem(client.post("/v1/models/shapes/versions", content=data, headers=ADMIN), 422)
     assert "metrics" in doc["detail"] or "number" in doc["detail"], doc
+
+
+# -- memory a single device controls ------------------------------------------------------------
+
+
+def test_polls_claiming_versions_that_never_existed_queue_no_delta_work(env: Env, client: TestClient) -> None:
+    release(client, env.artifact(1))
+    release(client, env.artifact(50, parent_version=1))
+    token = enroll(client, "cam-1")
+    deltas = client.app.state.services.deltas  # type: ignore[attr-defined]
+    before = deltas.known_pairs
+    for claimed in range(2, 50):  # one device, 48 made-up versions below the offered one
+        r = client.get(f"/v1/device/update?current_version={claimed}", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        assert r.json()["delta"] is None and r.json()["version"] == 50
+    assert deltas.known_pairs == before  # nothing queued, nothing remembered for them
+
+
+def test_the_delta_cache_forgets_the_least_recently_used_pairs(env: Env) -> None:
+    from server.core.deltas import DeltaService
+    from server.db.session import Database
+    from server.observability import Metrics
+    from server.storage import open_storage
+
+    settings = env.settings()
+    db = Database(settings.database_url)
+    service = DeltaService(
+        db, open_storage(settings), Metrics(), max_ratio=0.6, workers=1, claim_timeout=60, cache_pairs=4
+    )
+    try:
+        for i in range(40):  # pairs of a model that does not exist: each settles as unknown
+            service.request(999, i + 1, i + 2)
+        wait_for(lambda: service.known_pairs <= 4, what="the delta cache to settle within its bound")
+    finally:
+        service.shutdown()
+        db.dispose()

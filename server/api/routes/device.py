@@ -126,7 +126,12 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
         content = await run_in_threadpool(services.offers.load_content, head.version_id, head.model)
     base_url = (services.settings.public_url or str(request.base_url)).rstrip("/")
     offer = services.offers.build(
-        head=head, content=content, current_version=current_version, interval=interval, base_url=base_url
+        head=head,
+        content=content,
+        current_version=current_version,
+        interval=interval,
+        base_url=base_url,
+        published=snapshot.versions.get(head.model_id, frozenset()),
     )
     headers["ETag"] = offer.etag
     if etag_matches(request.headers.get("if-none-match"), offer.etag):
