@@ -8,7 +8,6 @@ no longer run, or older than a day), never a file another live worker is still w
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -49,16 +48,22 @@ def sweep_spool(directory: Path) -> int:
     """Remove spooled bodies that killed processes left behind; returns how many."""
     removed = 0
     now = time.time()
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(directory):
-            if not entry.name.startswith(PREFIX) or not entry.is_file(follow_symlinks=False):
-                continue
-            try:
-                if is_leftover(entry.name[len(PREFIX) :], entry.stat().st_mtime, now=now):
-                    os.unlink(entry.path)
-                    removed += 1
-            except OSError as e:
-                log.warning("cannot remove spooled upload %s: %s", entry.path, e)
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    except OSError as e:  # not fatal: an upload that cannot be spooled gets a 503
+        log.warning("cannot read the upload spool %s: %s", directory, e)
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(PREFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if is_leftover(entry.name[len(PREFIX) :], entry.stat().st_mtime, now=now):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError as e:
+            log.warning("cannot remove spooled upload %s: %s", entry.path, e)
     if removed:
         log.info("removed %d spooled upload(s) left by stopped processes in %s", removed, directory)
     return removed
