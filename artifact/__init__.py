@@ -8,7 +8,7 @@ Everything public is named here; modules prefixed with `_` are private.
 
 from .atomic import fsync_dir, write_atomic
 from .codec import ENCODING_ONNX_ZSTD, decode_payload, encode_payload
-from .container import ArtifactFile, artifact_bytes, read_artifact, write_artifact
+from .container import ArtifactFile, ArtifactHead, artifact_bytes, read_artifact, read_artifact_head, write_artifact
 from .delta import DeltaInfo, apply_delta, make_delta, read_delta_header
 from .door import VerifiedArtifact, seal_artifact, sign_manifest, verify_artifact
 from .errors import (
@@ -50,6 +50,7 @@ from .keys import (
 )
 from .manifest import (
     MAX_MANIFEST_BYTES,
+    MAX_VERSION,
     MODEL_NAME_PATTERN,
     SHA256_HEX_PATTERN,
     Golden,
@@ -73,11 +74,13 @@ from .verify import TrustPolicy, VerifiedManifest, check_bytes, read_verified, v
 __all__ = [
     "ENCODING_ONNX_ZSTD",
     "MAX_MANIFEST_BYTES",
+    "MAX_VERSION",
     "MODEL_NAME_PATTERN",
     "SHA256_HEX_PATTERN",
     "ArtifactError",
     "ArtifactFile",
     "ArtifactFormatError",
+    "ArtifactHead",
     "BadSignatureError",
     "DecompressionBombError",
     "DeltaBaseMismatchError",
@@ -139,6 +142,7 @@ __all__ = [
     "parse_manifest",
     "parse_time",
     "read_artifact",
+    "read_artifact_head",
     "read_delta_header",
     "read_graph_io",
     "read_verified",

@@ -8,7 +8,9 @@ Layout (all integers big-endian)::
     u64        length of the payload, then the payload bytes — and nothing after it
 
 The file is self-delimiting so that a truncated or padded upload is caught before any parsing of
-its content, with an error that says which part is short.
+its content, with an error that says which part is short. Manifest and signatures come first, so a
+reader of a large file (the server's upload spool) can verify them with :func:`read_artifact_head`
+before a single payload byte is read.
 """
 
 from __future__ import annotations
@@ -99,9 +101,36 @@ class _Cursor:
         return chunk
 
 
-def read_artifact(data: bytes | memoryview) -> ArtifactFile:
-    """Split an artifact file into its parts; raises :class:`ArtifactFormatError` naming what is wrong."""
-    cur = _Cursor(data)
+@dataclass(frozen=True)
+class ArtifactHead:
+    """Manifest and signatures of an artifact file, and where its payload lies (not read yet)."""
+
+    manifest_bytes: bytes
+    signatures: tuple[Signature, ...]
+    payload_offset: int
+    payload_length: int
+
+
+class _StreamCursor:
+    def __init__(self, stream: BinaryIO, total: int) -> None:
+        self.stream = stream
+        self.total = total
+        self.pos = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > self.total:
+            raise ArtifactFormatError(
+                f"artifact is truncated: {what} needs {n} bytes at offset {self.pos}, "
+                f"only {self.total - self.pos} remain"
+            )
+        chunk = self.stream.read(n)
+        if len(chunk) != n:
+            raise ArtifactFormatError(f"artifact is truncated: {what} ended early at offset {self.pos}")
+        self.pos += n
+        return chunk
+
+
+def _split(cur: _Cursor | _StreamCursor) -> tuple[bytes, tuple[Signature, ...], int]:
     magic = cur.take(len(MAGIC), "the magic number")
     if magic != MAGIC:
         raise ArtifactFormatError(f"not an OTA model artifact (magic {magic!r}, expected {MAGIC!r})")
@@ -114,6 +143,28 @@ def read_artifact(data: bytes | memoryview) -> ArtifactFile:
         raise ArtifactFormatError(f"signature block length {slen} exceeds the {MAX_SIGNATURES_BYTES}-byte limit")
     signatures = decode_signatures(cur.take(slen, "the signatures"))
     (plen,) = _U64.unpack(cur.take(8, "the payload length"))
+    return manifest, signatures, plen
+
+
+def read_artifact_head(stream: BinaryIO, total_length: int) -> ArtifactHead:
+    """Read manifest and signatures from a file of `total_length` bytes positioned at its start; the
+    stream is left at the payload's first byte. The payload length must fill the file exactly."""
+    cur = _StreamCursor(stream, total_length)
+    manifest, signatures, plen = _split(cur)
+    if cur.pos + plen > total_length:
+        raise ArtifactFormatError(
+            f"artifact is truncated: the payload needs {plen} bytes at offset {cur.pos}, "
+            f"only {total_length - cur.pos} remain"
+        )
+    if cur.pos + plen < total_length:
+        raise ArtifactFormatError(f"artifact has {total_length - cur.pos - plen} unexpected bytes after the payload")
+    return ArtifactHead(manifest, signatures, cur.pos, plen)
+
+
+def read_artifact(data: bytes | memoryview) -> ArtifactFile:
+    """Split an artifact file into its parts; raises :class:`ArtifactFormatError` naming what is wrong."""
+    cur = _Cursor(data)
+    manifest, signatures, plen = _split(cur)
     payload = cur.take(plen, "the payload")
     if cur.pos != len(cur.data):
         raise ArtifactFormatError(f"artifact has {len(cur.data) - cur.pos} unexpected bytes after the payload")

@@ -27,6 +27,8 @@ from pydantic import (
 from .errors import ManifestError
 
 SCHEMA_VERSION = 1
+MAX_VERSION = 2**31 - 1  # versions are 32-bit signed integers everywhere (the registry, the agent's state)
+MAX_METRIC_INT = 2**53  # integers JSON carries exactly between any two parsers (RFC 8259 §6)
 MAX_MANIFEST_BYTES = 64 * 1024
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # the model names every part accepts
 SHA256_HEX_PATTERN = r"^[0-9a-f]{64}$"  # a sha256 digest as manifests, URLs and blob names write it
@@ -141,9 +143,9 @@ class Manifest(_Strict):
 
     schema_: Literal[1] = Field(alias="schema")
     model: ModelName
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_VERSION)
     created_at: str
-    parent_version: int | None = Field(ge=1)
+    parent_version: int | None = Field(ge=1, le=MAX_VERSION)
     payload: PayloadInfo
     onnx: OnnxInfo
     labels: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] = Field(
@@ -169,6 +171,8 @@ class Manifest(_Strict):
         for key, number in v.items():
             if isinstance(number, float) and not math.isfinite(number):
                 raise ValueError(f"metric {key!r} is not a finite number")
+            if isinstance(number, int) and abs(number) > MAX_METRIC_INT:
+                raise ValueError(f"metric {key!r} is an integer beyond ±2^53")
         return v
 
     @model_validator(mode="after")
@@ -230,6 +234,8 @@ def parse_manifest(data: bytes) -> Manifest:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ManifestError(f"manifest is not UTF-8 JSON: {e}") from e
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting past the stack
+        raise ManifestError(f"manifest holds a number or nesting this reader refuses: {e}") from e
     if not isinstance(value, dict):
         raise ManifestError("manifest must be a JSON object")
     schema = value.get("schema")

@@ -17,8 +17,9 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from .api.problems import BodyLimit, install_problem_handlers
+from .api.problems import BodyLimit, document_problems, install_problem_handlers
 from .api.routes import blobs, device, devices, ops, registry, rollouts
+from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
 from .errors import DatabaseUnavailableError
@@ -30,6 +31,7 @@ log = logging.getLogger("ota.app")
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     services: Services = app.state.services
+    await run_in_threadpool(sweep_spool, services.settings.upload_spool)  # bodies of killed processes
     await run_in_threadpool(services.storage.start)
     try:
         await run_in_threadpool(services.view.refresh)
@@ -68,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
+    document_problems(app)
     for module in (device, blobs, ops, registry, devices, rollouts):  # hot routes first: FastAPI matches in order
         app.include_router(module.router)
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)

@@ -71,7 +71,15 @@ class Settings(BaseSettings):
     download_url_seconds: int = Field(3600, ge=60, le=7 * 86400)
 
     max_artifact_bytes: int = Field(256 * MiB, ge=1024)
+    max_model_bytes: int = Field(
+        64 * MiB, ge=1024, description="largest decoded ONNX model an upload may sign (bounds decompression)"
+    )
     max_request_bytes: int = Field(1 * MiB, ge=1024)
+    spool_dir: Path | None = Field(
+        None,
+        description="where upload bodies are spooled; default: `spool` beside a file:// blob directory, "
+        "else `ota-spool` in the system's temp directory. Leftovers of killed processes are removed at start.",
+    )
 
     delta_max_ratio: float = Field(0.6, gt=0, le=1)
     delta_workers: int = Field(1, ge=1, le=16)
@@ -96,6 +104,19 @@ class Settings(BaseSettings):
         if not value.startswith(("file://", "s3://")):
             raise ValueError("OTA_STORAGE_URL must start with file:// or s3://")
         return value
+
+    @property
+    def upload_spool(self) -> Path:
+        """The directory upload bodies are spooled to (only this server's files live there)."""
+        if self.spool_dir is not None:
+            return self.spool_dir
+        if self.storage_url.startswith("file://"):
+            from urllib.parse import unquote
+
+            return Path(unquote(self.storage_url.removeprefix("file://"))).parent / "spool"
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / "ota-spool"
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

@@ -50,6 +50,51 @@ def problem_response(
     return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "title": "Problem",
+    "description": "RFC 9457 problem document; 422s add `errors` (loc, msg), artifact refusals `reason`",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Declare in the OpenAPI what every route answers on error: ``application/problem+json``.
+
+    Each declared 4xx/5xx answer gets the problem media type (FastAPI's own 422 schema included),
+    and every operation gets a ``default`` problem answer for the rest (401, 413, 503 …), so that
+    clients generated from ``/openapi.json`` parse every error.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components["Problem"] = _PROBLEM_SCHEMA
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        content = {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                responses = operation.setdefault("responses", {})
+                for code, response in responses.items():
+                    if code == "default" or int(code) >= 400:
+                        response["content"] = content
+                responses.setdefault("default", {"description": "an error, as a problem document", "content": content})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_problem_handlers(app: FastAPI, metrics: Metrics, *, retry_after: int) -> None:
     """Register the handlers that turn every exception into a problem document."""
 

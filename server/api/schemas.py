@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -12,16 +12,24 @@ import artifact as A
 
 from ..core.rollout_policy import GATE_BOUNDS, spec_problem
 
-MAX_INT = 2**31 - 1
+MAX_INT = A.MAX_VERSION  # 2**31 - 1: the artifact schema's range, for every version and id
 MODEL_NAME = A.MODEL_NAME_PATTERN
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
 SHA256 = A.SHA256_HEX_PATTERN
 
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL stores no NUL character in text: refused here, on every database alike
+
+
+def _text(max_length: int) -> StringConstraints:
+    return StringConstraints(max_length=max_length, pattern=NO_NUL)
+
+
 ModelName = Annotated[str, StringConstraints(pattern=MODEL_NAME)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE_ID)]
 LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY)]
-LabelValue = Annotated[str, StringConstraints(min_length=0, max_length=255)]
+LabelValue = Annotated[str, _text(255)]
+Reason = Annotated[str, _text(500)]  # the string inputs that are stored: no NUL, bounded
 Version = Annotated[int, Field(ge=1, le=MAX_INT)]
 EventType = Literal["checking", "downloading", "verified", "installed", "failed", "rolled_back", "metrics"]
 DeviceStatus = Literal["enrolled", "checking", "downloading", "verified", "installed", "failed", "rolled_back"]
@@ -35,7 +43,7 @@ class _In(BaseModel):
 
 
 class EnrollRequest(_In):
-    enrollment_secret: Annotated[str, StringConstraints(max_length=1024)]
+    enrollment_secret: Annotated[str, _text(1024)]
     device_id: DeviceId | None = Field(None, description="chosen by the server when absent")
     model: ModelName
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
@@ -59,15 +67,13 @@ class Event(_In):
     installed_version: Annotated[int, Field(ge=0, le=MAX_INT)] | None = Field(
         None, description="what the device runs now, if it says (e.g. after `rolled_back`)"
     )
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
-    at: datetime | None = Field(None, description="device clock, RFC 3339; informative only")
+    reason: Reason | None = None
+    at: datetime | None = Field(None, description="device clock, RFC 3339 with an offset; informative only")
     metrics: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.]{1,64}$")], float] | None = Field(
         None, max_length=32
     )
     # What an agent adds to say more about an install; kept with the event (see `fleet.apply_events`).
-    detail: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
-        None, description="the human message behind `reason`"
-    )
+    detail: Annotated[str, _text(1000)] | None = Field(None, description="the human message behind `reason`")
     source: Literal["delta", "full"] | None = Field(None, description="how the model was fetched")
     state: Annotated[str, StringConstraints(pattern=r"^[a-z_]{1,32}$")] | None = None
     bytes: Annotated[int, Field(ge=0, le=2**53)] | None = None
@@ -79,6 +85,18 @@ class Event(_In):
         if v is not None and not all(math.isfinite(x) for x in v.values()):
             raise ValueError("metrics must be finite numbers")
         return v
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise ValueError("needs a UTC offset (e.g. 2026-01-31T12:00:00Z)")
+        try:
+            return v.astimezone(UTC)
+        except OverflowError as e:
+            raise ValueError("is outside the years 1 to 9999 once converted to UTC") from e
 
     @model_validator(mode="after")
     def _required_fields(self) -> Event:
@@ -153,7 +171,7 @@ class ModelOut(BaseModel):
 
 
 class RevokeRequest(_In):
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    reason: Reason | None = None
 
 
 # -- rollouts -----------------------------------------------------------------------------------
@@ -221,7 +239,7 @@ class RolloutCreate(_In):
 
 
 class RolloutAction(_In):
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
+    reason: Reason | None = None
 
 
 class StageCounts(BaseModel):

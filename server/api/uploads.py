@@ -1,24 +1,84 @@
-"""Request bodies too big to hold twice: streamed to a temporary file under the body limit."""
+"""Request bodies too big to hold twice: streamed to a spool file under the body limit.
+
+Spool files live in a directory of their own (``Settings.upload_spool``) and are named
+``ota-upload-PID-RANDOM``: the request that made one deletes it when it ends, however it ends, and
+:func:`sweep_spool` removes at start what killed processes left behind (files of processes that
+no longer run, or older than a day), never a file another live worker is still writing.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, StorageUnavailableError
 from .problems import BODY_LIMIT_KEY
 
+PREFIX = "ota-upload-"
+STALE_SECONDS = 86400.0
+log = logging.getLogger("ota.uploads")
 
-async def spool_body(request: Request, *, limit: int) -> Path:
-    """Stream the body to a temp file (the caller deletes it). The :class:`BodyLimit` middleware
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_leftover(name: str, mtime: float, *, now: float) -> bool:
+    """A temporary file named `….PID…` whose process is gone (or that is older than a day)."""
+    if now - mtime > STALE_SECONDS:
+        return True
+    digits = "".join(c if c.isdigit() else " " for c in name).split()
+    pid = int(digits[0]) if digits else 0
+    return pid != os.getpid() and 0 < pid < 2**22 and not _pid_alive(pid)
+
+
+def sweep_spool(directory: Path) -> int:
+    """Remove spooled bodies that killed processes left behind; returns how many."""
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return 0
+    except OSError as e:  # not fatal: an upload that cannot be spooled gets a 503
+        log.warning("cannot read the upload spool %s: %s", directory, e)
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(PREFIX) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            if is_leftover(entry.name[len(PREFIX) :], entry.stat().st_mtime, now=now):
+                os.unlink(entry.path)
+                removed += 1
+        except OSError as e:
+            log.warning("cannot remove spooled upload %s: %s", entry.path, e)
+    if removed:
+        log.info("removed %d spooled upload(s) left by stopped processes in %s", removed, directory)
+    return removed
+
+
+async def spool_body(request: Request, *, limit: int, directory: Path) -> Path:
+    """Stream the body to a spool file (the caller deletes it). The :class:`BodyLimit` middleware
     refuses it with 413 as soon as it passes `limit` — or before a byte is read, if Content-Length
     already says so."""
     request.scope[BODY_LIMIT_KEY] = limit
-    fd, name = tempfile.mkstemp(prefix="ota-upload-")
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, name = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=directory)
+    except OSError as e:
+        raise StorageUnavailableError(f"cannot spool the upload: {e.strerror or e}") from e
     path = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -27,6 +87,9 @@ async def spool_body(request: Request, *, limit: int) -> Path:
     except ClientDisconnect as e:
         path.unlink(missing_ok=True)
         raise BadRequestError("the request body ended early (client disconnected or body over the limit)") from e
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        raise StorageUnavailableError(f"cannot spool the upload: {e.strerror or e}") from e
     except BaseException:
         path.unlink(missing_ok=True)
         raise

@@ -1,8 +1,10 @@
 """Deltas between published versions: built once per (model, from, to), off the request path.
 
 When a version is published the delta from the previous offered version is queued at once
-(*eager*); a delta from any older version is queued the first time a device on that version polls
-(*lazy*). A poll never waits for a build: it offers the full download until the delta is ready.
+(*eager*); a delta from any older published version is queued the first time a device on that
+version polls (*lazy*; a version the model never had is never queued). Each process remembers at
+most ``CACHE_PAIRS`` finished pairs, least recently used first out, so no device can grow it. A
+poll never waits for a build: it offers the full download until the delta is ready.
 
 "Once" holds across processes: a build starts only after its worker has inserted the pair's row in
 ``deltas`` (the unique constraint is the claim, see :mod:`server.data.delta_rows`). Within a process
@@ -17,6 +19,7 @@ applied to its base, it must rebuild the model the new version's manifest signs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,9 +27,11 @@ import socket
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import artifact as A
 
@@ -42,6 +47,7 @@ log = logging.getLogger("ota.deltas")
 Key = tuple[int, int, int]  # model_id, from_version, to_version
 RETRY_PENDING = 1.0  # seconds before asking the database again about a pair another process is building
 RETRY_FAILED_IO = 5.0
+CACHE_PAIRS = 4096  # finished pairs remembered per process (least recently used first out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,15 @@ UNKNOWN_BASE = DeltaState(status="unknown-base")  # the device reports a version
 
 class DeltaService:
     def __init__(
-        self, db: Database, storage: Storage, metrics: Metrics, *, max_ratio: float, workers: int, claim_timeout: float
+        self,
+        db: Database,
+        storage: Storage,
+        metrics: Metrics,
+        *,
+        max_ratio: float,
+        workers: int,
+        claim_timeout: float,
+        cache_pairs: int = CACHE_PAIRS,
     ) -> None:
         self.db = db
         self.storage = storage
@@ -66,8 +80,9 @@ class DeltaService:
         self.max_ratio = max_ratio
         self.claim_timeout = claim_timeout
         self.claimer = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._final: dict[Key, DeltaState] = {}
-        self._retry_at: dict[Key, float] = {}
+        self.cache_pairs = cache_pairs
+        self._final: OrderedDict[Key, DeltaState] = OrderedDict()
+        self._retry_at: OrderedDict[Key, float] = OrderedDict()
         self._queued: set[Key] = set()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ota-delta")
@@ -78,7 +93,17 @@ class DeltaService:
         state = self._final.get(key)
         if state is None:
             self.request(model_id, from_version, to_version)
+        else:
+            with self._lock, contextlib.suppress(KeyError):
+                self._final.move_to_end(key)
         return state
+
+    @property
+    def known_pairs(self) -> int:
+        """How many pairs this process remembers (finished, or waiting to be asked again); at most
+        ``2 × cache_pairs`` plus those queued."""
+        with self._lock:
+            return len(self._final) + len(self._retry_at) + len(self._queued)
 
     def request(self, model_id: int, from_version: int, to_version: int) -> None:
         """Queue the pair unless it is finished, queued, or recently found being built elsewhere."""
@@ -95,10 +120,13 @@ class DeltaService:
     def _settle(self, key: Key, state: DeltaState | None, retry_in: float = 0.0) -> None:
         with self._lock:
             self._queued.discard(key)
+            self._retry_at.pop(key, None)
             if state is not None:
                 self._final[key] = state
+                _trim(self._final, self.cache_pairs)
             else:
                 self._retry_at[key] = time.monotonic() + retry_in
+                _trim(self._retry_at, self.cache_pairs)
 
     def _ensure(self, key: Key) -> None:
         """Worker: find the pair's row, or claim and build it. The top of a job: nothing escapes."""
@@ -195,6 +223,11 @@ class DeltaService:
             self.storage.put(data)
             return data
         return A.verify_onnx(published, data, what="stored ONNX model")
+
+
+def _trim(cache: OrderedDict[Key, Any], size: int) -> None:
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _published(version: ModelVersion) -> A.VerifiedManifest:

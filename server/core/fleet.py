@@ -232,7 +232,7 @@ def decode_cursor(cursor: str | None) -> int:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         kind, _, value = text.partition(":")
         after = int(value)
-        if kind != "d" or after < 0:
+        if kind != "d" or not 0 <= after < 2**63:  # a BIGINT, like the ids it names
             raise ValueError(text)
     except (binascii.Error, UnicodeDecodeError, ValueError) as e:
         raise BadRequestError(f"cursor {cursor[:40]!r} is not one this server issued") from e

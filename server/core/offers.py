@@ -19,6 +19,7 @@ import json
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..data import registry as registry_data
@@ -148,13 +149,24 @@ class Offers:
         return url
 
     def build(
-        self, *, head: Head, content: VersionContent, current_version: int | None, interval: int, base_url: str
+        self,
+        *,
+        head: Head,
+        content: VersionContent,
+        current_version: int | None,
+        interval: int,
+        base_url: str,
+        published: Collection[int] = (),
     ) -> Offer:
-        """The offer body for a device running `current_version` (None: unknown)."""
+        """The offer body for a device running `current_version` (None: unknown).
+
+        A delta is looked up (and queued) only from a version in `published`, the model's published
+        versions: whatever a device claims to run, it cannot make the server track pairs that do not exist.
+        """
         delta_doc = None
         delta_tag = "full"
         delta_length = None
-        if current_version is not None and 1 <= current_version < head.version:
+        if current_version is not None and 1 <= current_version < head.version and current_version in published:
             state = self.deltas.lookup(head.model_id, current_version, head.version)
             if (
                 state is not None

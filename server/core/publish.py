@@ -2,7 +2,13 @@
 
 Order matters. Everything that can refuse the artifact runs before anything is stored: the door
 (schema, model name, signatures against ``OTA_PUBLISHER_KEYS``, expiry, version above the latest,
-lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.core.onnx_check`. Blobs are
+lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.core.onnx_check`.
+
+Memory is bounded by what is authentic. The upload is read from its spool file: first only the
+manifest and signatures (the file's head), which are verified before a single payload byte is read,
+so a junk signature on a 250 MiB file costs a few kilobytes. The payload's length must then be the
+signed one, and the signed ONNX length at most ``OTA_MAX_MODEL_BYTES``; only then is the payload
+streamed through the length/sha256 check, and decoded with that bound. Blobs are
 written before the database row, so a committed version always has its blobs; a failure between
 the two leaves only unreferenced, content-addressed blobs behind.
 
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import artifact as A
 
@@ -40,21 +47,24 @@ class PublishResult:
 
 
 class Publisher:
-    def __init__(self, db: Database, storage: Storage, trust: A.TrustPolicy | None) -> None:
+    def __init__(
+        self, db: Database, storage: Storage, trust: A.TrustPolicy | None, *, max_model_bytes: int = 64 << 20
+    ) -> None:
         self.db = db
         self.storage = storage
         self.trust = trust
+        self.max_model_bytes = max_model_bytes
 
-    def publish(self, *, model: str, data: bytes, publisher: str) -> PublishResult:
-        """Verify and store an uploaded artifact file (blocking; run it in a worker thread)."""
+    def publish(self, *, model: str, source: BinaryIO, length: int, publisher: str) -> PublishResult:
+        """Verify and store an uploaded artifact file of `length` bytes read from `source` (positioned at
+        its start; blocking, run it in a worker thread)."""
         if self.trust is None:
             raise InvalidArtifactError(
                 "this server trusts no publisher keys (OTA_PUBLISHER_KEYS is empty), so it accepts no artifact",
                 reason="NoTrustedKeys",
             )
-        artifact_sha256 = hashlib.sha256(data).hexdigest()
         try:
-            parts = A.read_artifact(data)
+            head = A.read_artifact_head(source, length)
         except A.ArtifactError as e:
             raise _invalid(e) from e
         with self.db.session() as session:
@@ -63,23 +73,41 @@ class Publisher:
                 registry_data.latest_version_number(session, model_id=existing_model.id) if existing_model else None
             )
         try:
-            verified = A.verify_artifact(parts, trust=self.trust, expected_model=model, installed_version=latest)
+            verified = A.verify_manifest(
+                head.manifest_bytes, head.signatures, trust=self.trust, expected_model=model, installed_version=latest
+            )
         except A.DowngradeError as e:
             # Authentic, unexpired, but not new: the same file again (200) or a conflict (409).
-            manifest = A.parse_manifest(parts.manifest_bytes)
+            manifest = A.parse_manifest(head.manifest_bytes)
+            artifact_sha256 = _file_sha256(source, length)
             return self._existing(model=model, version=manifest.version, artifact_sha256=artifact_sha256, cause=e)
         except A.ArtifactError as e:
             raise _invalid(e) from e
         manifest = verified.manifest
-        check_model(verified.onnx, manifest.onnx)
+        if manifest.onnx.length > self.max_model_bytes:
+            raise InvalidArtifactError(
+                f"the model decodes to {manifest.onnx.length} bytes; this server accepts at most "
+                f"{self.max_model_bytes} (OTA_MAX_MODEL_BYTES)",
+                reason="ModelTooLargeError",
+            )
+        try:
+            if head.payload_length != manifest.payload.length:  # refused before a payload byte is read
+                raise (A.TooLongError if head.payload_length > manifest.payload.length else A.TruncatedError)(
+                    f"payload is {head.payload_length} bytes; the manifest signs {manifest.payload.length}"
+                )
+            artifact_sha256, payload = _read_payload(source, head, A.StreamVerifier.payload(verified))
+            onnx = A.install_full(verified, payload)
+        except A.ArtifactError as e:
+            raise _invalid(e) from e
+        check_model(onnx, manifest.onnx)
 
-        self.storage.put(verified.payload)
-        self.storage.put(verified.onnx)
+        self.storage.put(payload.data)
+        self.storage.put(onnx)
         row = ModelVersion(
             version=manifest.version,
             parent_version=manifest.parent_version,
-            manifest_bytes=verified.verified.manifest_bytes,
-            signatures=A.canonical_json([s.to_dict() for s in verified.verified.signatures]).decode("utf-8"),
+            manifest_bytes=verified.manifest_bytes,
+            signatures=A.canonical_json([s.to_dict() for s in verified.signatures]).decode("utf-8"),
             artifact_sha256=artifact_sha256,
             payload_sha256=manifest.payload.sha256,
             payload_length=manifest.payload.length,
@@ -126,6 +154,36 @@ class Publisher:
         raise VersionNotAboveLatestError(
             f"version {version} of {model!r} is not above the latest published version {latest}"
         ) from cause
+
+
+_CHUNK = 1 << 20
+
+
+def _read_payload(source: BinaryIO, head: A.ArtifactHead, check: A.StreamVerifier) -> tuple[str, A.VerifiedBytes]:
+    """The artifact file's sha256, and its payload streamed through the signed length/sha256 check."""
+    whole = hashlib.sha256()
+    source.seek(0)
+    whole.update(source.read(head.payload_offset))
+    while check.remaining:
+        chunk = source.read(min(_CHUNK, check.remaining))
+        if not chunk:
+            break
+        whole.update(chunk)
+        check.update(chunk)
+    return whole.hexdigest(), check.finish()
+
+
+def _file_sha256(source: BinaryIO, length: int) -> str:
+    whole = hashlib.sha256()
+    source.seek(0)
+    remaining = length
+    while remaining > 0:
+        chunk = source.read(min(_CHUNK, remaining))
+        if not chunk:
+            break
+        whole.update(chunk)
+        remaining -= len(chunk)
+    return whole.hexdigest()
 
 
 def _invalid(e: A.ArtifactError) -> InvalidArtifactError:

@@ -103,7 +103,7 @@ def build_services(settings: Settings) -> Services:
         seen=SeenBuffer(db, interval=settings.seen_flush_seconds),
         deltas=deltas,
         offers=offers,
-        publisher=Publisher(db, storage, trust_policy(settings)),
+        publisher=Publisher(db, storage, trust_policy(settings), max_model_bytes=settings.max_model_bytes),
         registry=Registry(db),
         fleet=Fleet(db, signer, on_events=rollouts.record_events),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),

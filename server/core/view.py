@@ -5,7 +5,8 @@ it holds the baseline (what every device outside a rollout is offered) and the o
 any (its version, current stage and percentage, and the devices its selector matches), so that
 the poll decides a device's cohort by arithmetic alone. It changes only when someone rolls out,
 revokes or a rollout moves, and is reloaded (one query for the baselines, one for the rollouts and
-one per rollout with a selector, plus a count of revoked tokens) every ``OTA_CACHE_SECONDS``. The
+one per rollout with a selector, one for the published version numbers (the only delta bases a
+poll may ask for), plus a count of revoked tokens) every ``OTA_CACHE_SECONDS``. The
 process that makes the change reloads at once; every other process within one interval, and
 the revoke/delete endpoints wait out :attr:`RegistryView.propagation_delay` before answering, so
 that once they return *no* process offers the revoked version or accepts the revoked token.
@@ -40,6 +41,7 @@ class Snapshot:
     heads: Mapping[str, Head]  # model → its baseline, unless revoked
     revoked_tokens: frozenset[str]
     rollouts: Mapping[str, PollRollout] = field(default_factory=dict)  # model → its offering rollout
+    versions: Mapping[int, frozenset[int]] = field(default_factory=dict)  # model id → its published versions
     loaded_at: float = field(default_factory=time.monotonic)  # when the loading query began
 
 
@@ -73,13 +75,16 @@ class RegistryView:
             previous = self._snapshot
             with self.db.session() as session:
                 heads = registry_data.offered_heads(session)
+                versions = registry_data.published_versions(session)
                 rollouts = poll_rollouts(session)
                 count = device_data.revoked_token_count(session)
                 if previous is not None and len(previous.revoked_tokens) == count:
                     revoked = previous.revoked_tokens
                 else:
                     revoked = device_data.revoked_token_ids(session)
-            snap = Snapshot(heads=heads, revoked_tokens=revoked, rollouts=rollouts, loaded_at=started)
+            snap = Snapshot(
+                heads=heads, revoked_tokens=revoked, rollouts=rollouts, versions=versions, loaded_at=started
+            )
             self._snapshot = snap
             return snap
 

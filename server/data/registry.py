@@ -117,6 +117,14 @@ def offered_heads(session: Session) -> dict[str, Head]:
     return {name: Head(name, model_id, version_id, version) for name, model_id, version_id, version in rows}
 
 
+def published_versions(session: Session) -> dict[int, frozenset[int]]:
+    """Every model's published version numbers (revoked ones included): the delta bases that exist."""
+    out: dict[int, set[int]] = {}
+    for model_id, version in session.execute(select(ModelVersion.model_id, ModelVersion.version)):
+        out.setdefault(model_id, set()).add(version)
+    return {model_id: frozenset(versions) for model_id, versions in out.items()}
+
+
 def add_version(session: Session, *, version: ModelVersion) -> ModelVersion:
     session.add(version)
     session.flush()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +22,22 @@ from ..errors import BlobNotFoundError, StorageUnavailableError
 from .base import CHUNK, Storage, is_sha256, sha256_of
 
 log = logging.getLogger("ota.storage")
+_STALE_SECONDS = 86400.0
+
+
+def _is_leftover(pid_text: str, mtime: float, now: float) -> bool:
+    """A writer's temporary file whose process is gone (or that is older than a day)."""
+    if now - mtime > _STALE_SECONDS:
+        return True
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 class FileStorage(Storage):
@@ -96,3 +113,23 @@ class FileStorage(Storage):
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:  # not fatal: /readyz reports it, a request that needs storage gets a 503
             log.warning("blob directory %s cannot be created: %s", self.root, e)
+            return
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Remove the temporary files (``.SHA.PID.THREAD.tmp``) of writers killed mid-blob; returns how many.
+
+        A temporary file of a live process (another worker on this host writing now) is kept.
+        """
+        removed = 0
+        now = time.time()
+        for tmp in self.root.glob("??/.*.tmp"):
+            try:
+                if _is_leftover(tmp.name.split(".")[2] if tmp.name.count(".") >= 3 else "", tmp.stat().st_mtime, now):
+                    tmp.unlink()
+                    removed += 1
+            except OSError as e:
+                log.warning("cannot remove temporary blob %s: %s", tmp, e)
+        if removed:
+            log.info("removed %d temporary blob file(s) left by stopped writers under %s", removed, self.root)
+        return removed

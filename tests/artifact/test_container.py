@@ -66,3 +66,27 @@ def test_garbled_artifacts(make_artifact: Callable[..., bytes]) -> None:
     huge = data[:8] + (10**6).to_bytes(4, "big") + data[12:]
     with pytest.raises(A.ArtifactFormatError, match="exceeds"):
         A.read_artifact(huge)
+
+
+def test_head_of_a_file_is_read_without_its_payload(make_artifact: Callable[..., bytes]) -> None:
+    import io
+
+    data = make_artifact()
+    parts = A.read_artifact(data)
+    stream = io.BytesIO(data)
+    head = A.read_artifact_head(stream, len(data))
+    assert (head.manifest_bytes, head.signatures) == (parts.manifest_bytes, parts.signatures)
+    assert head.payload_length == len(parts.payload) and stream.tell() == head.payload_offset
+    assert data[head.payload_offset :] == parts.payload
+
+
+@pytest.mark.parametrize(("cut", "message"), [(-1, "truncated"), (1, "unexpected bytes"), (-(10**6), "truncated")])
+def test_head_refuses_a_file_whose_payload_does_not_fill_it(
+    make_artifact: Callable[..., bytes], cut: int, message: str
+) -> None:
+    import io
+
+    data = make_artifact()
+    data = data[:cut] if cut < 0 else data + b"\0" * cut
+    with pytest.raises(A.ArtifactFormatError, match=message):
+        A.read_artifact_head(io.BytesIO(data), len(data))

@@ -75,6 +75,29 @@ def test_non_finite_numbers_refused() -> None:
         A.build_manifest(**fields(metrics={"loss": float("nan")}))
 
 
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"version": 2**31}, "version"),
+        ({"version": 10**40}, "version"),
+        ({"version": 2**31 + 5, "parent_version": 2**31}, "parent_version"),
+    ],
+)
+def test_versions_past_int32_are_refused_like_every_other_part_does(override: dict[str, Any], field: str) -> None:
+    with pytest.raises(A.ManifestError, match=field):
+        A.build_manifest(**fields(**override))
+    assert A.build_manifest(**fields(version=A.MAX_VERSION)).version == 2**31 - 1
+
+
+def test_a_metric_integer_of_thousands_of_digits_is_a_manifest_error_not_a_crash() -> None:
+    data = A.build_manifest(**fields()).canonical_bytes()
+    huge = data.replace(b'"params":579', b'"params":' + b"9" * 5000)
+    with pytest.raises(A.ManifestError, match="number"):
+        A.parse_manifest(huge)
+    with pytest.raises(A.ManifestError, match="metrics"):
+        A.build_manifest(**fields(metrics={"params": 2**60}))
+
+
 def test_oversized_manifest_refused() -> None:
     labels = [f"class-{i:05d}-" + "x" * 100 for i in range(700)]
     golden = {"tolerance": 1e-4, "cases": [{"seed": i, "top1": 0, "logits": [0.0] * 700} for i in range(8)]}

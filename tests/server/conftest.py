@@ -76,7 +76,7 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def _truncate_pg(url: str) -> None:
+def truncate_pg(url: str) -> None:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
@@ -181,7 +181,7 @@ def env(
         database_url = f"sqlite:///{db_file}"
     else:
         database_url = request.getfixturevalue("pg_url")
-        _truncate_pg(database_url)
+        truncate_pg(database_url)
     s3_endpoint = None
     if storage == "file":
         storage_url = f"file://{tmp_path / 'blobs'}"

@@ -50,13 +50,14 @@ def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse
 def _current_version(request: Request) -> int | None:
     """`?current_version=` parsed by hand: FastAPI's declared query parameters (and even Starlette's
     query-string parser) cost a noticeable share of this route, which every device calls every few
-    minutes. Digits need no URL-decoding; anything else is refused like FastAPI would (422)."""
+    minutes. Digits need no URL-decoding; anything else, the empty value included, is refused like
+    FastAPI would (422): `current_version=` is not "absent"."""
     raw: bytes | None = None
     for part in request.scope["query_string"].split(b"&"):
         name, _, value = part.partition(b"=")
         if name == b"current_version":
             raw = value
-    if not raw:
+    if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 10 or int(raw) > schemas.MAX_INT:
         raise RequestValidationError(
@@ -125,7 +126,12 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
         content = await run_in_threadpool(services.offers.load_content, head.version_id, head.model)
     base_url = (services.settings.public_url or str(request.base_url)).rstrip("/")
     offer = services.offers.build(
-        head=head, content=content, current_version=current_version, interval=interval, base_url=base_url
+        head=head,
+        content=content,
+        current_version=current_version,
+        interval=interval,
+        base_url=base_url,
+        published=snapshot.versions.get(head.model_id, frozenset()),
     )
     headers["ETag"] = offer.etag
     if etag_matches(request.headers.get("if-none-match"), offer.etag):

@@ -6,6 +6,7 @@ import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from ...db.models import Device
@@ -66,7 +67,10 @@ def list_devices(
     model: Annotated[str | None, Query(pattern=schemas.MODEL_NAME)] = None,
     version: Annotated[int | None, Query(ge=0, le=schemas.MAX_INT, description="installed version")] = None,
     status: Annotated[schemas.DeviceStatus | None, Query()] = None,
-    label: Annotated[list[str], Query(max_length=8, description="key:value, repeatable (all must match)")] = [],  # noqa: B006 - FastAPI copies defaults
+    label: Annotated[
+        list[Annotated[str, StringConstraints(max_length=300, pattern=schemas.NO_NUL)]],
+        Query(max_length=8, description="key:value, repeatable (all must match)"),
+    ] = [],  # noqa: B006 - FastAPI copies defaults
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> schemas.DevicePage:

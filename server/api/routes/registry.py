@@ -51,7 +51,10 @@ def version_summary(model: str, row: ModelVersion) -> schemas.VersionSummary:
         200: {"model": schemas.VersionSummary, "description": "this exact file was already published"},
         409: {"model": schemas.Problem, "description": "same version with other bytes, or not above the latest"},
         413: {"model": schemas.Problem, "description": "artifact over OTA_MAX_ARTIFACT_BYTES"},
-        422: {"model": schemas.Problem, "description": "the artifact fails verification"},
+        422: {
+            "model": schemas.Problem,
+            "description": "the artifact fails verification, or its model decodes past OTA_MAX_MODEL_BYTES",
+        },
         **PROBLEMS,
     },
     openapi_extra={
@@ -62,16 +65,22 @@ def version_summary(model: str, row: ModelVersion) -> schemas.VersionSummary:
     },
 )
 async def publish_version(model: ModelPath, request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
-    path = await spool_body(request, limit=services.settings.max_artifact_bytes)
+    settings = services.settings
+    path = await spool_body(request, limit=settings.max_artifact_bytes, directory=settings.upload_spool)
     try:
-        data = await run_in_threadpool(path.read_bytes)
-    finally:
-        path.unlink(missing_ok=True)
-    try:
-        result = await run_in_threadpool(services.publisher.publish, model=model, data=data, publisher=admin.name)
+        with path.open("rb") as source:  # read from the spool file: the head first, the payload only if authentic
+            result = await run_in_threadpool(
+                services.publisher.publish,
+                model=model,
+                source=source,
+                length=path.stat().st_size,
+                publisher=admin.name,
+            )
     except Exception:
         services.metrics.publishes.labels("rejected").inc()
         raise
+    finally:
+        path.unlink(missing_ok=True)
     row = result.version
     if result.created:
         services.metrics.publishes.labels("created").inc()
