@@ -31,7 +31,8 @@ class Fleet:
 def fleet(env: Env) -> Fleet:
     client = env.client()
     v1 = release(client, env.artifact(1))
-    publish(client, env.artifact(2))
+    v2 = env.artifact(2)  # built once: an artifact built again in another second has other bytes (409)
+    publish(client, v2)
     r = client.post("/v1/rollouts", json={"model": "shapes", "version": 2}, headers=ADMIN)  # rollout 2: running
     assert r.status_code == 201 and r.json()["id"] == 2, r.text
     publish(client, env.artifact(1, model="other"), model="other")
@@ -50,7 +51,7 @@ def fleet(env: Env) -> Fleet:
         "device": bearer(device),
         "admin": ADMIN,
     }
-    return Fleet(client, principals, v1["payload"]["sha256"], env.artifact(2))
+    return Fleet(client, principals, v1["payload"]["sha256"], v2)
 
 
 Call = Callable[[Fleet, dict[str, str]], Any]
