@@ -103,8 +103,10 @@ def make_engine(
             keepalives_count=3,
             tcp_user_timeout=int((statement_timeout or 30) * 1000),
         )
-        if statement_timeout is not None:
-            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+        if statement_timeout is not None:  # added to the URL's own options (a search_path, say), never replacing them
+            own = parsed.query.get("options", "")
+            own = own if isinstance(own, str) else " ".join(own)
+            connect_args["options"] = f"{own} -c statement_timeout={int(statement_timeout * 1000)}".strip()
     return create_engine(
         url,
         pool_size=pool_size,
