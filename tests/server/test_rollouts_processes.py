@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, select
 
 import artifact as A
+from bench._common import private_pg_schema
 from server.db.models import RolloutDevice
 
 from . import helpers
@@ -42,7 +43,7 @@ def servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[li
     request.getfixturevalue("pg_url")  # skip or fail exactly like the rest of the suite
     key = A.generate_key()
     A.save_public_key(key, tmp_path / "pub.pem")
-    with helpers.private_pg_schema("ota_roll") as url:
+    with private_pg_schema("ota_roll") as url:
         env = {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(REPO),
