@@ -17,8 +17,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
-from .api.problems import BodyLimit, document_problems, install_problem_handlers
-from .api.routes import blobs, device, devices, ops, registry, rollouts
+from .api.problems import (
+    BodyLimit,
+    CatchAll,
+    SecurityHeaders,
+    TrustedHosts,
+    document_problems,
+    install_problem_handlers,
+)
+from .api.routes import blobs, device, devices, docs, ops, registry, rollouts
 from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
@@ -67,12 +74,22 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         summary="Registry, enrollment and update delivery for edge image classifiers.",
         lifespan=lifespan,
+        docs_url=None,  # served from the wheel by server.api.routes.docs, not from a CDN
+        redoc_url=None,
+        redirect_slashes=False,  # a slash redirect's Location would echo whatever Host the client sent
     )
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
     document_problems(app)
-    for module in (device, blobs, ops, registry, devices, rollouts):  # hot routes first: FastAPI matches in order
+    for module in (device, blobs, ops, registry, devices, rollouts, docs):  # hot routes first: FastAPI matches in order
         app.include_router(module.router)
+    # Added innermost first: an unexpected exception is caught before anything else sees it, and
+    # every answer — a 413 from BodyLimit, a 400 for an untrusted Host — gets the security headers
+    # and is counted and logged by RequestObserver.
+    app.add_middleware(CatchAll, metrics=services.metrics)
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)
+    if settings.trusted_hosts:
+        app.add_middleware(TrustedHosts, hosts=settings.trusted_hosts, metrics=services.metrics)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestObserver, metrics=services.metrics, access=services.access)
     return app

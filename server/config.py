@@ -2,8 +2,9 @@
 
 Defaults make `ota-server serve` work out of the box in development (SQLite and a local blob
 directory under ./ota-data, well-known development secrets). With ``OTA_ENV=production`` the
-server refuses to start on an empty, short or well-known secret and without publisher keys, so
-that a forgotten variable cannot become an open registry.
+server refuses to start on an empty, short or well-known secret (the metrics token included), without
+publisher keys, and without ``OTA_PUBLIC_URL`` or ``OTA_TRUSTED_HOSTS`` (signed download URLs must not be
+built from whatever ``Host`` a client sends), so that a forgotten variable cannot become an open registry.
 
 Settings are read once (by the CLI, or by the test that builds them) and passed into
 :func:`server.app.create_app`; nothing below reads the environment again.
@@ -49,6 +50,11 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     database_url: str = "sqlite:///./ota-data/ota.db"
     db_pool_size: int = Field(10, ge=1, le=200)
+    db_connect_timeout: int = Field(5, ge=2, le=300, description="seconds to open a database connection (PostgreSQL)")
+    db_pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds a request waits for a pooled connection")
+    db_statement_timeout: float = Field(
+        10.0, gt=0, le=3600, description="seconds one statement may run; also the TCP timeout on unanswered sends"
+    )
 
     storage_url: str = "file://./ota-data/blobs"
     s3_endpoint_url: str | None = None
@@ -67,7 +73,13 @@ class Settings(BaseSettings):
 
     poll_interval: int = Field(300, ge=1, le=86400)
     poll_jitter: float = Field(0.1, ge=0, lt=1, description="± fraction spread per device so fleets don't poll in step")
-    public_url: str | None = Field(None, description="base URL devices use to reach this server (default: request's)")
+    public_url: str | None = Field(
+        None, description="base URL devices use to reach this server (development default: the request's Host)"
+    )
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Host header values accepted (comma-separated; '*.example.com' allowed)"
+    )
+    metrics_token: SecretStr | None = Field(None, description="bearer token /metrics requires (production: required)")
     download_url_seconds: int = Field(3600, ge=60, le=7 * 86400)
 
     max_artifact_bytes: int = Field(256 * MiB, ge=1024)
@@ -96,6 +108,20 @@ class Settings(BaseSettings):
     def _split_paths(cls, value: object) -> object:
         if isinstance(value, str):
             return [Path(p.strip()) for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("OTA_PUBLIC_URL must be an absolute http:// or https:// URL")
         return value
 
     @field_validator("storage_url")
@@ -128,15 +154,24 @@ class Settings(BaseSettings):
             "OTA_ENROLLMENT_SECRET": self.enrollment_secret,
             "OTA_SECRET_KEY": self.secret_key,
         }
+        metrics = self.metrics_token
+        if metrics is None or not metrics.get_secret_value():
+            problems.append("OTA_METRICS_TOKEN is empty: /metrics would be public")
+        else:
+            secrets["OTA_METRICS_TOKEN"] = metrics
         for name, secret in secrets.items():
             value = secret.get_secret_value()
             if value.strip().lower() in _PLACEHOLDERS or value.strip().lower().startswith(("dev-", "change")):
                 problems.append(f"{name} is a placeholder")
             elif len(value) < MIN_SECRET_LENGTH:
                 problems.append(f"{name} is shorter than {MIN_SECRET_LENGTH} characters")
+        if self.public_url is None and not self.trusted_hosts:
+            problems.append(
+                "set OTA_PUBLIC_URL (or OTA_TRUSTED_HOSTS): download URLs must not be built from the request's Host"
+            )
         values = [s.get_secret_value() for s in secrets.values()]
         if len(set(values)) != len(values):
-            problems.append("OTA_ADMIN_TOKEN, OTA_ENROLLMENT_SECRET and OTA_SECRET_KEY must differ")
+            problems.append("OTA_ADMIN_TOKEN, OTA_ENROLLMENT_SECRET, OTA_SECRET_KEY and OTA_METRICS_TOKEN must differ")
         if not self.publisher_keys:
             problems.append("OTA_PUBLISHER_KEYS is empty: the registry would accept no artifact")
         if problems:

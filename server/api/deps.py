@@ -4,20 +4,27 @@ A route states who may call it by the dependency it takes — :data:`AdminDep`, 
 :data:`EnrolledDeviceDep`, :data:`BlobAccessDep` — and never checks a credential itself. A device
 route acts on the device the token names; there is no device id in its path that another device
 could swap in. Routes get no database session: the core services they call open their own.
+
+FastAPI reads and parses a request's body *before* it solves dependencies, so a route with a body
+uses :class:`AuthFirstRoute` (its router's ``route_class``): the credential its dependencies ask
+for is checked first, and a stranger's body is never read or parsed (401, not 422).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from ..core.security import DeviceIdentity, secret_equals
 from ..core.services import Services
 from ..db.models import Device
-from ..errors import AuthenticationError, EnrollmentRefusedError, ForbiddenError
+from ..errors import AuthenticationError, BlobNotFoundError, EnrollmentRefusedError, ForbiddenError
 from .schemas import EnrollRequest
 
 
@@ -87,7 +94,9 @@ async def require_blob_access(
     expires: Annotated[int | None, Query(description="expiry of a signed download URL")] = None,
     sig: Annotated[str | None, Query(max_length=64, description="signature of a signed download URL")] = None,
 ) -> None:
-    """A signed download URL (as handed out in offers), or any admin or device token."""
+    """A signed download URL (as handed out in offers), an admin token, or a device token for a blob
+    of its own model (a payload, ONNX or delta of one of its versions). Another model's blob is 404 to
+    a device, exactly like a blob that does not exist, so a token cannot probe what else is stored."""
     if expires is not None or sig is not None:
         if expires is None or sig is None or not services.signer.check_blob_signature(sha256, expires, sig):
             raise ForbiddenError("the download URL's signature is invalid or expired; poll again for a fresh one")
@@ -96,6 +105,8 @@ async def require_blob_access(
     identity = services.auth.device(token)
     if identity is not None:
         request.state.device_id = identity.device_id
+        if not await run_in_threadpool(services.registry.model_has_blob, identity.model, sha256):
+            raise BlobNotFoundError(f"no blob {sha256} among the versions of model {identity.model!r}")
         return
     name = await run_in_threadpool(services.auth.admin, token)
     if name is None:
@@ -110,6 +121,52 @@ async def require_enrollment_secret(body: EnrollRequest, services: ServicesDep) 
     return body
 
 
+async def require_metrics_access(request: Request) -> None:
+    """``OTA_METRICS_TOKEN`` as a bearer token when it is set (always, in production); open otherwise."""
+    expected = services_of(request).settings.metrics_token
+    if expected is None:
+        return
+    if not secret_equals(bearer_token(request), expected.get_secret_value()):
+        raise AuthenticationError("/metrics needs the metrics token (OTA_METRICS_TOKEN)")
+
+
+def _admin_guard(request: Request) -> Awaitable[Admin]:
+    return require_admin(request, services_of(request))
+
+
+_GUARDS: dict[Callable[..., Any], Callable[[Request], Awaitable[object]]] = {
+    require_admin: _admin_guard,
+    require_device: require_device,
+}
+
+
+def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _calls(sub)
+
+
+class AuthFirstRoute(APIRoute):
+    """A route that checks its credential before FastAPI reads the body (see the module docstring).
+
+    The guard is the admin or device check found among the route's dependencies; the dependency
+    still runs as usual afterwards (for a device, a cached token check: no second HMAC).
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        guard = next((_GUARDS[c] for c in _calls(self.dependant) if c in _GUARDS), None)
+        if guard is None or self.body_field is None:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            await guard(request)
+            return await handler(request)
+
+        return checked
+
+
+MetricsAccessDep = Annotated[None, Depends(require_metrics_access)]
 AdminDep = Annotated[Admin, Depends(require_admin)]
 EnrollmentDep = Annotated[EnrollRequest, Depends(require_enrollment_secret)]
 DeviceDep = Annotated[DeviceIdentity, Depends(require_device)]

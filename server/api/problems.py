@@ -2,8 +2,14 @@
 
 Every non-2xx answer is ``application/problem+json`` with `type`, `title`, `status` and a
 `detail` that says precisely what was wrong. 503s carry ``Retry-After``. An unexpected exception
-is a bug: it is logged with its traceback and answered with a generic 500 problem that leaks
-nothing.
+is a bug: :class:`CatchAll` logs it once, as one JSON line with the traceback in a field, and
+answers a generic 500 problem that leaks nothing. (Starlette's own handler for ``Exception``
+re-raises after answering, so the server logged every 500 a second time as a raw multi-line
+traceback; the exception therefore never leaves :class:`CatchAll`.)
+
+Also here, the other plain-ASGI middlewares that shape every answer: :class:`SecurityHeaders` and
+:class:`TrustedHosts` (Starlette's ``TrustedHostMiddleware`` answers in plain text; this one answers
+with a problem document like every other refusal).
 """
 
 from __future__ import annotations
@@ -125,14 +131,9 @@ def install_problem_handlers(app: FastAPI, metrics: Metrics, *, retry_after: int
         detail = exc.detail if isinstance(exc.detail, str) else title
         return respond(exc.status_code, slug, title, detail, dict(exc.headers or {}))
 
-    async def unexpected(_request: Request, exc: Exception) -> Response:
-        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
-        return respond(500, "internal-error", "Internal server error", "the server failed unexpectedly; it was logged")
-
     app.add_exception_handler(OtaServerError, server_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
 
 
 class BodyLimit:
@@ -222,3 +223,131 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
+
+
+class CatchAll:
+    """ASGI middleware (innermost): an exception that no handler turned into a problem is a bug.
+
+    It is logged once (logger ``ota.errors``, the traceback in the JSON line's ``exc`` field) and
+    answered 500 if the response has not started; it is never re-raised, so the ASGI server does
+    not log it again as a raw traceback.
+    """
+
+    BODY = problem_body(
+        status=500, slug="internal-error", title="Internal server error", detail="the server failed unexpectedly"
+    )
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.error(
+                "unhandled %s on %s %s",
+                type(exc).__name__,
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=exc,
+                extra={"fields": {"method": scope.get("method"), "path": scope.get("path")}},
+            )
+            self.metrics.errors.labels("500", "internal-error").inc()
+            if started:
+                return  # too late for a status: the connection ends with a short body
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [
+                        (b"content-type", PROBLEM_JSON.encode()),
+                        (b"content-length", str(len(self.BODY)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": self.BODY})
+
+
+# default-src 'none' and only this server's own scripts, styles, images and API: what the docs page
+# (Swagger UI served from the wheel) and a server-rendered dashboard need, and nothing from elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+)
+
+
+class SecurityHeaders:
+    """ASGI middleware: the same security headers on every response (a tuple appended: no per-request work)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+class TrustedHosts:
+    """ASGI middleware: refuse a request whose ``Host`` is not in ``OTA_TRUSTED_HOSTS`` (400 problem).
+
+    A name is matched exactly (case-insensitive, port ignored); ``*.example.com`` matches any
+    subdomain. Download URLs built from the request's Host can then only name a host the operator listed.
+    """
+
+    def __init__(self, app: ASGIApp, *, hosts: list[str], metrics: Metrics) -> None:
+        self.app = app
+        self.exact = {h.lower() for h in hosts if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:].lower() for h in hosts if h.startswith("*."))
+        self.metrics = metrics
+
+    def allowed(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.lower()
+        return name in self.exact or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        if self.allowed(host):
+            await self.app(scope, receive, send)
+            return
+        self.metrics.errors.labels("400", "untrusted-host").inc()
+        body = problem_body(
+            status=400, slug="untrusted-host", title="Untrusted host", detail="the Host header names no trusted host"
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 400,
+                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

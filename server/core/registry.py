@@ -41,6 +41,11 @@ class Registry:
             row = _version(session, m, version)
             return VersionRecord(row, delta_data.list_deltas(session, model_id=m.id, to_version=version))
 
+    def model_has_blob(self, model: str, sha256: str) -> bool:
+        """Whether `sha256` is the payload, ONNX or a delta of a version of `model` (a device's blob scope)."""
+        with self.db.session() as session:
+            return registry_data.model_has_blob(session, model=model, sha256=sha256)
+
     def revoke(self, model: str, version: int, *, reason: str | None) -> ModelVersion:
         """Mark the version revoked (committed; revoking again keeps the first reason)."""
         with self.db.session() as session:

@@ -61,7 +61,13 @@ def trust_policy(settings: Settings) -> A.TrustPolicy | None:
 
 def build_services(settings: Settings) -> Services:
     metrics = Metrics()
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    db = Database(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        connect_timeout=settings.db_connect_timeout,
+        pool_timeout=settings.db_pool_timeout,
+        statement_timeout=settings.db_statement_timeout,
+    )
     storage = open_storage(settings)
     signer = Signer(settings.secret_key.get_secret_value())
     view = RegistryView(db, interval=settings.cache_seconds)

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
-from ..db.models import Model, ModelVersion
+from ..db.models import Delta, Model, ModelVersion
 from ..db.session import utcnow
 from ._upsert import insert_ignore
 
@@ -139,3 +139,14 @@ def revoke_version(session: Session, *, version: ModelVersion, reason: str | Non
     version.revoked_reason = reason
     session.flush()
     return True
+
+
+def model_has_blob(session: Session, *, model: str, sha256: str) -> bool:
+    """Whether a version of `model` names the blob as its payload or ONNX, or a delta of `model` is stored under it."""
+    of_model = select(Model.id).where(Model.name == model).scalar_subquery()
+    version = select(ModelVersion.id).where(
+        ModelVersion.model_id == of_model,
+        (ModelVersion.payload_sha256 == sha256) | (ModelVersion.onnx_sha256 == sha256),
+    )
+    delta = select(Delta.id).where(Delta.model_id == of_model, Delta.sha256 == sha256)
+    return session.execute(version.union_all(delta).limit(1)).first() is not None

@@ -2,7 +2,10 @@
 
 SQLite (embedded default) and PostgreSQL (production) share every query; the differences live
 here: SQLite gets WAL, a busy timeout and foreign keys on every connection, and its parent
-directory is created; PostgreSQL gets a bounded pool and connect timeout. A database that cannot be
+directory is created; PostgreSQL gets a bounded pool with a wait limit, a connect timeout, TCP
+keepalives, a TCP user timeout and (for the serving process) a statement timeout, so that a
+database that accepts connections but never answers — black-holed, hung, partitioned — costs a
+request a few seconds and a 503, never a hung worker. A database that cannot be
 reached — refused connection, pool exhausted, SQLite locked past its busy timeout — surfaces as
 :class:`DatabaseUnavailableError` (503 + Retry-After), never as a 500. A write that breaks a unique
 constraint surfaces as :class:`ConstraintViolationError`, for the core service that wrote to judge.
@@ -55,8 +58,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine configured for the server's access pattern on either database."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: int = 5,
+    pool_timeout: float = 5.0,
+    statement_timeout: float | None = None,
+) -> Engine:
+    """An engine configured for the server's access pattern on either database.
+
+    `statement_timeout` (seconds) bounds each statement on the server side and, as the TCP user
+    timeout, how long sent data may stay unacknowledged; None (migrations) leaves statements unbounded.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -78,12 +92,26 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         return engine
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
-        connect_args["connect_timeout"] = 5
+        # connect_timeout covers a server that accepts the TCP connection and never answers (the
+        # handshake waits on it); keepalives notice a peer that vanished under an idle pooled
+        # connection; tcp_user_timeout fails a send the peer never acknowledges.
+        connect_args.update(
+            connect_timeout=connect_timeout,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=3,
+            keepalives_count=3,
+            tcp_user_timeout=int((statement_timeout or 30) * 1000),
+        )
+        if statement_timeout is not None:  # added to the URL's own options (a search_path, say), never replacing them
+            own = parsed.query.get("options", "")
+            own = own if isinstance(own, str) else " ".join(own)
+            connect_args["options"] = f"{own} -c statement_timeout={int(statement_timeout * 1000)}".strip()
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_timeout=5.0,
+        pool_timeout=pool_timeout,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args=connect_args,
@@ -93,9 +121,23 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
 class Database:
     """The engine and a session factory; :meth:`session` is the driver-error boundary."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: int = 5,
+        pool_timeout: float = 5.0,
+        statement_timeout: float | None = None,
+    ) -> None:
         self.url = url
-        self.engine = make_engine(url, pool_size=pool_size)
+        self.engine = make_engine(
+            url,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            pool_timeout=pool_timeout,
+            statement_timeout=statement_timeout,
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -105,8 +105,9 @@ class FileStorage(Storage):
             self.root.mkdir(parents=True, exist_ok=True)
             if not os.access(self.root, os.W_OK | os.X_OK):
                 raise OSError(errno.EACCES, "not writable")
-        except OSError as e:
-            raise StorageUnavailableError(f"blob directory {self.root} unusable: {e.strerror or e}") from e
+        except OSError as e:  # the path goes to the log only: /readyz is public
+            log.warning("blob directory %s unusable: %s", self.root, e)
+            raise StorageUnavailableError(f"blob directory unusable: {e.strerror or type(e).__name__}") from e
 
     def start(self) -> None:
         try:

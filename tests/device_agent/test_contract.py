@@ -432,11 +432,14 @@ def test_blob_without_token_or_signature_is_a_401_for_a_fresh_url(env: Env) -> N
 def test_blob_while_storage_is_down_is_a_503_to_retry(env: Env, tmp_path: Path) -> None:
     blocker = tmp_path / "blobs-are-a-file"
     blocker.write_text("")
+    # a blob of the device's own model (another one is 404 to a device token, storage or not)
+    payload = A.read_artifact(served(env, lambda real: real.publish(1))).payload
+    sha = hashlib.sha256(payload).hexdigest()
 
     async def scenario(real: Real) -> None:
         client, _ = await real.enrolled()
         with pytest.raises(ServerBusyError, match="HTTP 503") as caught:
-            await read_blob(client, f"/v1/blobs/{'a' * 64}")
+            await read_blob(client, f"/v1/blobs/{sha}")
         assert caught.value.retry_after == 7
 
     served(env, scenario, storage_url=f"file://{blocker}/sub", retry_after=7)

@@ -15,6 +15,8 @@ STRONG = {
     "admin_token": "a" * 12 + "-admin-0123456789abcdef",
     "enrollment_secret": "e" * 12 + "-enroll-0123456789abcdef",
     "secret_key": "s" * 12 + "-secret-0123456789abcdef",
+    "metrics_token": "m" * 12 + "-metrics-0123456789abcdef",
+    "public_url": "https://ota.example.com",
 }
 
 

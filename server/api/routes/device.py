@@ -19,9 +19,9 @@ from starlette.concurrency import run_in_threadpool
 from ...core.offers import etag_matches
 from ...core.rollouts import choose_offer
 from .. import schemas
-from ..deps import DeviceDep, EnrolledDeviceDep, EnrollmentDep, ServicesDep, services_of
+from ..deps import AuthFirstRoute, DeviceDep, EnrolledDeviceDep, EnrollmentDep, ServicesDep, services_of
 
-router = APIRouter(tags=["device"])
+router = APIRouter(tags=["device"], route_class=AuthFirstRoute)
 POLL_INTERVAL_HEADER = "Ota-Poll-Interval"
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (401, 403, 422, 503)

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from ...db.models import Device
 from .. import schemas
-from ..deps import AdminDep, ServicesDep
+from ..deps import AdminDep, AuthFirstRoute, ServicesDep
 
-router = APIRouter(tags=["fleet"])
+router = APIRouter(tags=["fleet"], route_class=AuthFirstRoute)
 DeviceIdPath = Annotated[str, Path(pattern=schemas.DEVICE_ID)]
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (400, 401, 403, 404)

@@ -1,4 +1,8 @@
-"""Operations: liveness, readiness, Prometheus metrics. Unauthenticated, so probes and scrapers need no token."""
+"""Operations: liveness, readiness, Prometheus metrics.
+
+Probes need no token, and say nothing an attacker could use (no paths, no versions). ``/metrics``
+takes ``OTA_METRICS_TOKEN`` as a bearer token when one is set — always in production.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ...errors import UnavailableError
 from .. import schemas
-from ..deps import ServicesDep
+from ..deps import MetricsAccessDep, ServicesDep
 from ..problems import problem_response
 
 router = APIRouter(tags=["operations"])
@@ -49,6 +53,11 @@ async def readyz(services: ServicesDep) -> Response:
     return JSONResponse({"status": "ok", "checks": checks})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(services: ServicesDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (bearer OTA_METRICS_TOKEN when set)",
+    response_class=Response,
+    responses={401: {"model": schemas.Problem}},
+)
+async def metrics(_access: MetricsAccessDep, services: ServicesDep) -> Response:
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

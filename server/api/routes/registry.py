@@ -13,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 
 from ...db.models import ModelVersion
 from .. import schemas
-from ..deps import AdminDep, ServicesDep
+from ..deps import AdminDep, AuthFirstRoute, ServicesDep
 from ..uploads import spool_body
 
-router = APIRouter(prefix="/v1/models", tags=["registry"])
+router = APIRouter(prefix="/v1/models", tags=["registry"], route_class=AuthFirstRoute)
 ModelPath = Annotated[str, Path(pattern=schemas.MODEL_NAME, description="model name")]
 VersionPath = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 PROBLEMS: dict[int | str, dict[str, Any]] = {

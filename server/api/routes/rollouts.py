@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 
 from ...core.rollouts import Action, Gate, RolloutService, RolloutSpec, RolloutView, Stage
 from .. import schemas
-from ..deps import AdminDep, ServicesDep
+from ..deps import AdminDep, AuthFirstRoute, ServicesDep
 
-router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"])
+router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], route_class=AuthFirstRoute)
 RolloutIdPath = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (401, 403, 404)
