@@ -44,6 +44,7 @@ bench: venv bench-deps
 	$(BIN)/python -m bench.hotswap
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.upload_memory
+	$(BIN)/python -m bench.rollouts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data demo-data
