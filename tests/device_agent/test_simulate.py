@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import statistics
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -195,6 +199,29 @@ def test_simulate_command_takes_a_rate_and_reports_what_was_served(
     assert telemetry["served"] > 0 and telemetry["workers"] == 1 and telemetry["asked_per_s"] == 40
     assert telemetry["versions"]["v1"]["requests"] == telemetry["served"]
     assert sum(e["metrics"]["requests"] for e in server.events_of("metrics", 1)) == telemetry["served"]
+
+
+def test_sigterm_ends_a_fleet_without_a_target_and_it_still_prints_its_summary(
+    server: FakeServer, releases: dict[int, Release], trust_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` runs the fleet through several rollouts and stops it with SIGTERM to read its report."""
+    server.publish(releases[1])
+
+    def terminate_once_installed() -> None:
+        deadline = time.monotonic() + 60
+        while len(server.events_of("installed", 1)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    argv = ["simulate", "--server", server.url, "--model", MODEL, "--enroll-secret", SECRET, "--devices", "2"]
+    argv += ["--trust", str(trust_file), "--timeout", "600", "--poll-interval", "0.1", "--json"]
+    killer = threading.Thread(target=terminate_once_installed)
+    killer.start()
+    code = main(argv)
+    killer.join()
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] and summary["versions"] == {"v1": 2}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the fleet
 
 
 @pytest.mark.parametrize(
