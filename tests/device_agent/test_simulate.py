@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
@@ -22,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 import artifact as A
 from device_agent import FleetOptions, run_fleet
 from device_agent.cli import main
+from device_agent.runtime import LoadedModel
 from device_agent.simulate import format_report
 
 from .fakeserver import SECRET, FakeServer
@@ -177,6 +179,34 @@ def test_simulated_devices_report_the_latency_and_confidence_their_model_really_
     assert sum(e["metrics"]["requests"] for e in metrics) == report.telemetry["served"] > 0, report.telemetry
     summary = format_report(report)
     assert "inferences" in summary and "v2              p50" in summary
+
+
+def test_time_a_simulated_device_waits_off_the_cpu_is_not_its_model_s_latency(
+    server: FakeServer, releases: dict[int, Release], key: A.SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet shares one host: an inference thread waiting for the GIL or a core (here: sleeping 50 ms
+    after each run) is the host's load, the same for every version, and must not be reported as the
+    model's latency — it would hide a model twice as slow as its baseline from the latency gate."""
+    original = LoadedModel.run
+
+    def run_then_wait(self: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = original(self, x)
+        time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(LoadedModel, "run", run_then_wait)
+    server.publish(releases[1])
+    options = replace(
+        _options(server, key, tmp_path / "fleet", 1),
+        devices=2,
+        until_version=None,
+        timeout=3,
+        inference_rate=20,
+        metrics_interval=0.5,
+    )
+    asyncio.run(run_fleet(options, io.StringIO()))
+    metrics = server.events_of("metrics", 1)
+    assert metrics and all(e["metrics"]["p95_ms"] < 50 for e in metrics), [e["metrics"] for e in metrics]
 
 
 def test_without_an_inference_rate_the_fleet_serves_nothing_and_reports_no_metrics(
