@@ -13,7 +13,9 @@ and reports `metrics` events with the latency and confidence measured, so that r
 the real difference between versions (:mod:`device_agent.telemetry`; the fleet's total rate is
 bounded by a token bucket and a small pool of inference threads, not a thread per device).
 
-A line on stderr shows the fleet's versions as they move; the summary goes to stdout.
+A line on stderr shows the fleet's versions as they move; the summary goes to stdout. SIGTERM ends
+the run like the timeout does (the summary is still printed), so a fleet with no target version can
+be stopped by whoever started it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import logging
 import random
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -192,6 +195,14 @@ async def _staggered(device: Device, interval: float) -> None:
     await run_machine(device)
 
 
+def _stop_on_sigterm() -> asyncio.Event:
+    """An event SIGTERM sets (ending the run with its report); unset for ever off the main thread."""
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return stop
+
+
 async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetReport:
     """Run the fleet until every device reaches `until_version` (or failed it), or the timeout."""
     if options.devices < 1:
@@ -210,6 +221,7 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
     gate = asyncio.Semaphore(options.concurrency)
     tasks: list[asyncio.Task[None]] = []
     reporters: list[asyncio.Task[None]] = []
+    stop = _stop_on_sigterm()
     try:
         async with http_client(timeout=60.0, connections=options.concurrency) as http:
             for i in range(options.devices):
@@ -240,7 +252,7 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             if fleet.telemetry is not None:
                 tasks += [asyncio.create_task(fleet.telemetry.pace()), asyncio.create_task(fleet.telemetry.report())]
             deadline = None if options.timeout is None else fleet.started + options.timeout
-            while not fleet.done() and (deadline is None or time.monotonic() < deadline):
+            while not fleet.done() and not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 await asyncio.sleep(0.2)
             await asyncio.sleep(0.3)  # let the progress line show the final state
             progress.cancel()
@@ -263,6 +275,8 @@ async def run_fleet(options: FleetOptions, out: TextIO = sys.stderr) -> FleetRep
             out.write(fleet.line() + "\n")
             return report
     finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         for t in tasks:
             t.cancel()
         if fleet.telemetry is not None:

@@ -2,8 +2,12 @@
 
 Each simulated device runs the model it holds, with the same ONNX Runtime session the fleet shares
 per version, on that version's golden inputs (seed cases regenerated, image cases decoded, exactly
-as the golden check does). Latency is the wall time of the session run alone (as in
-:meth:`~device_agent.holder.ModelHolder.predict`), confidence the top-1 softmax score; both go into
+as the golden check does). Latency is the CPU time of the session run alone, on the one thread that
+runs it (the shared sessions have one intra-op thread): the wall time would measure the host — a
+worker waiting for the GIL behind the fleet's event loop, or for a core behind other processes —
+and that wait, the same for every version, would hide the model's own cost (on a loaded 2-core
+machine, a model twice as costly measured 1.5× its peer in wall-time p95, 2× in CPU time).
+Confidence is the top-1 softmax score; both go into
 a :class:`~device_agent.holder.MetricsWindow` kept per device *and version*, so a window that spans
 a hot swap reports each version separately instead of crediting the old one's samples to the new.
 Every interval each device sends one `metrics` event per version it served, through its own event
@@ -109,9 +113,9 @@ class Telemetry:
                 inputs = self._golden(model)
                 x = inputs[self._turn[i] % len(inputs)]
                 self._turn[i] += 1
-                start = time.perf_counter()
+                start = time.thread_time()  # CPU time: see the module's docstring
                 logits = model.run(x)
-                latency_ms = (time.perf_counter() - start) * 1000
+                latency_ms = (time.thread_time() - start) * 1000
                 version = model.version
         except NoModelError:
             return  # swapped out between the token and its turn: nothing was served

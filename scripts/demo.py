@@ -1,14 +1,23 @@
-"""`make demo`: the whole OTA slice on embedded defaults (SQLite, local blob storage).
+"""`make demo`: the whole OTA slice on embedded defaults (SQLite, local blob storage), as a rollout story.
 
   1. generate the shapes data set and train SqueezeNet 1.1 v1 (progress shown)
   2. make a signing key, package and sign v1
-  3. start the server, publish v1
-  4. start one real device agent serving /predict, and a simulated fleet
-  5. fine-tune v2 (classifier only), package, publish; watch the fleet move to v2 over deltas
-  6. print a summary; keep everything running until Ctrl-C (or exit at once with DEMO_EXIT=1)
+  3. start the server, publish v1 with an immediate rollout (`--rollout 100`): it is the baseline at once
+  4. start one real device agent serving /predict (a client calls it from here on) and a simulated
+     fleet; every simulated device runs real inferences and reports its measured latency and
+     confidence (`metrics` events), which the gates read
+  5. fine-tune v2 (classifier only), publish it with a staged rollout 10 → 50 → 100 % (short soaks,
+     gate `latency_p95_ratio<=1.5`): it advances by itself, stage by stage, over deltas (not one
+     /predict request may fail across the agent's hot swap)
+  6. train v3 on SqueezeNet 1.0 instead of 1.1 (valid, signed, passes its golden set, about twice as
+     slow) and publish it with the same rollout: the latency gate halts it at the first stage, and
+     the fleet stays on v2 except the canaries
+  7. print a summary; keep the server and the agent running until Ctrl-C (or exit at once with DEMO_EXIT=1)
 
 Knobs (environment): DEMO_DIR (./demo-data), DEMO_PORT (8000), DEMO_FLEET (50), DEMO_PER_CLASS,
-DEMO_EPOCHS (v1), DEMO_FT_EPOCHS (v2), DEMO_IMAGE_SIZE, DEMO_EXIT. Every process it starts, it stops.
+DEMO_EPOCHS (v1), DEMO_FT_EPOCHS (v2), DEMO_V3_EPOCHS (v3), DEMO_IMAGE_SIZE, DEMO_SOAK (seconds per
+stage), DEMO_MIN_SAMPLES (the gate's), DEMO_RATE (inferences per second per simulated device),
+DEMO_PREDICT_RATE (the /predict client's requests per second), DEMO_EXIT. Every process it starts, it stops.
 """
 
 from __future__ import annotations
@@ -40,7 +49,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+STARTED = time.monotonic()
+
+
 def say(msg: str) -> None:
+    msg = f"[{time.monotonic() - STARTED:4.0f} s] {msg}"
     print(f"\033[1m==> {msg}\033[0m" if sys.stdout.isatty() else f"==> {msg}", flush=True)
 
 
@@ -63,6 +76,17 @@ class Processes:
         proc = subprocess.Popen(argv, stdout=out, stderr=log, env={**os.environ, **(env or {})}, start_new_session=True)
         self.running.append((name, proc))
         return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+        """SIGTERM one process and wait for it (the fleet prints its report when told to stop)."""
+        self.running = [(n, p) for n, p in self.running if p is not proc]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return proc.wait()
 
     def stop_all(self) -> None:
         for _, proc in reversed(self.running):
@@ -88,7 +112,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Proces
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, proc in procs.running:
-            if proc.poll() is not None and proc.returncode != 0 and name != "fleet":
+            if proc.poll() is not None:
                 raise DemoError(f"{name} exited with status {proc.returncode}; see {procs.logs / (name + '.log')}")
         try:
             if check():
@@ -97,14 +121,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Proces
             pass
         time.sleep(0.5)
     raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def roll_out_now(url: str, admin: str, version: int) -> None:
-    """An immediate rollout (one stage of 100 %, no soak, no gates): the version becomes the baseline at once."""
-    body = {"model": MODEL, "version": version, "stages": [{"percent": 100, "soak_seconds": 0}], "min_devices": 0}
-    r = httpx.post(f"{url}/v1/rollouts", json=body, headers={"Authorization": f"Bearer {admin}"}, timeout=30)
-    if r.status_code != 201:
-        raise RuntimeError(f"rolling out v{version} failed: {r.status_code} {r.text}")
 
 
 def free_port(preferred: int) -> int:
@@ -120,16 +136,17 @@ def free_port(preferred: int) -> int:
 
 
 class PredictLoad(threading.Thread):
-    """A client sending /predict continuously, counting every answer that is not a 200."""
+    """A client calling /predict at a steady rate, counting every answer that is not a 200."""
 
-    def __init__(self, url: str, image: bytes) -> None:
+    def __init__(self, url: str, image: bytes, rate: float) -> None:
         super().__init__(daemon=True)
-        self.url, self.image = url, image
+        self.url, self.image, self.period = url, image, 1.0 / rate
         self.ok = self.failed = 0
         self.versions: set[int] = set()
         self.stop = threading.Event()
 
     def run(self) -> None:
+        next_at = time.monotonic()
         with httpx.Client(timeout=10) as client:
             while not self.stop.is_set():
                 try:
@@ -141,21 +158,112 @@ class PredictLoad(threading.Thread):
                         self.failed += 1
                 except httpx.HTTPError:
                     self.failed += 1
+                next_at = max(next_at + self.period, time.monotonic() - 1.0)
+                self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+class Api:
+    """The few admin reads the demo makes."""
+
+    def __init__(self, url: str, admin: str) -> None:
+        self.url, self.headers = url, {"Authorization": f"Bearer {admin}"}
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.url}{path}", headers=self.headers, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def fleet(self) -> dict[int | None, int]:
+        """Devices per version (None: none installed yet) of the demo's model."""
+        for entry in self.get("/v1/fleet").get("models", []):
+            if entry.get("model") == MODEL:
+                return {v.get("version"): int(v.get("devices", 0)) for v in entry.get("versions", [])}
+        return {}
+
+    def rollout_of(self, version: int) -> dict[str, Any] | None:
+        for r in self.get(f"/v1/rollouts?model={MODEL}&limit=200"):
+            if r["version"] == version:
+                return self.get(f"/v1/rollouts/{r['id']}")  # type: ignore[no-any-return]
+        return None
+
+
+def stages_text(r: dict[str, Any]) -> str:
+    return " → ".join(f"{s['percent']} %" for s in r["stages"])
+
+
+def gates_text(r: dict[str, Any]) -> str:
+    parts = []
+    for g in r.get("gates", []):
+        value = "–" if g["value"] is None else f"{g['value']:.2f}"
+        parts.append(f"{g['metric']} {value} ({g['status']}, {g['samples']:,} samples)")
+    return "; ".join(parts) or "no gates"
+
+
+def rollout_line(r: dict[str, Any]) -> str:
+    """`rollout 2 v2 | stage 1/3 10 % running | cohort 7: 5 installed, 0 failed, 2 pending, 0 not reached | …`"""
+    stage = r["stages"][r["stage"]]
+    c = stage["counts"]
+    state = r["state"] + (f" ({r['reason']})" if r.get("reason") else "")
+    return (
+        f"rollout {r['id']} v{r['version']} | stage {r['stage'] + 1}/{len(r['stages'])} {stage['percent']} % {state} | "
+        f"cohort {stage['cohort']}: {c['installed']} installed, {c['failed']} failed, {c['pending']} pending, "
+        f"{c['not_reached']} not reached | {gates_text(r)}"
+    )
+
+
+def fleet_text(versions: dict[int | None, int]) -> str:
+    return "  ".join(f"{'none' if v is None else f'v{v}'}: {n}" for v, n in sorted(versions.items(), key=str))
+
+
+def watch_rollout(api: Api, version: int, until: set[str], timeout: float, procs: Processes) -> dict[str, Any]:
+    """Print the rollout's progress (a line on each change, else every 10 s) until it is in one of `until`."""
+    shown, last_at = "", 0.0
+    final: dict[str, Any] = {}
+
+    def settled() -> bool:
+        nonlocal shown, last_at, final
+        r = api.rollout_of(version)
+        if r is None:
+            return False
+        line = rollout_line(r)
+        key = line.split(" | ", 3)[:3]  # stage, state and counts: gate values move all the time
+        if str(key) != shown or time.monotonic() - last_at >= 10:
+            print(f"    {line}   fleet {fleet_text(api.fleet())}", flush=True)
+            shown, last_at = str(key), time.monotonic()
+        final = r
+        return bool(r["state"] in until)
+
+    wait_for(f"the rollout of v{version} to end ({' or '.join(sorted(until))})", settled, timeout, procs)
+    return final
+
+
+def publish(mb: list[str], artifact: Path, url: str, admin: str, rollout: list[str]) -> None:
+    done = run([*mb, "publish", str(artifact), "--server", url, f"--token={admin}", "--quiet", *rollout],
+               capture_output=True)  # fmt: skip
+    for line in done.stdout.splitlines():
+        print(f"    {line}", flush=True)
 
 
 def main() -> int:
     work = Path(os.environ.get("DEMO_DIR", ROOT / "demo-data")).resolve()
     fleet_size = env_int("DEMO_FLEET", 50)
-    epochs, ft_epochs = env_int("DEMO_EPOCHS", 30), env_int("DEMO_FT_EPOCHS", 2)
+    epochs, ft_epochs, v3_epochs = (
+        env_int("DEMO_EPOCHS", 30),
+        env_int("DEMO_FT_EPOCHS", 2),
+        env_int("DEMO_V3_EPOCHS", 2),
+    )
+    soak, min_samples = env_int("DEMO_SOAK", 20), env_int("DEMO_MIN_SAMPLES", 300)
+    rate, predict_rate = env_int("DEMO_RATE", 10), env_int("DEMO_PREDICT_RATE", 20)
     exit_after = os.environ.get("DEMO_EXIT") == "1"
     if work.exists():
         shutil.rmtree(work)
     (work / "logs").mkdir(parents=True)
     procs = Processes(work / "logs")
     mb = [str(BIN / "model-builder")]
+    staged = ["--rollout", "10,50,100", "--soak", str(soak), "--gate", f"latency_p95_ratio<=1.5@{min_samples}"]
     started = time.monotonic()
     try:
-        say(f"1/6 generating the shapes data set and training v1 ({epochs} epochs) in {work}")
+        say(f"1/7 generating the shapes data set and training v1, SqueezeNet 1.1 ({epochs} epochs) in {work}")
         dataset = [*mb, "make-dataset", "shapes", "--out", str(work / "data"), "--seed", "0"]
         if os.environ.get("DEMO_PER_CLASS"):
             dataset += ["--per-class", os.environ["DEMO_PER_CLASS"]]
@@ -168,13 +276,13 @@ def main() -> int:
             train += ["--image-size", size]
         run([*train, "--out", str(work / "run-v1")])
 
-        say("2/6 signing key, package v1")
+        say("2/7 signing key, package v1")
         run([*mb, "keygen", "--out", str(work / "keys")])
         key, pub = work / "keys" / "signing.key", work / "keys" / "signing.pub"
         package = [*mb, "package", "--name", MODEL, "--key", str(key)]
         run([*package[:2], str(work / "run-v1"), *package[2:], "--version", "1", "--out", str(work / "shapes-v1.otam")])
 
-        say("3/6 starting the server (SQLite, local storage) and publishing v1")
+        say("3/7 starting the server (SQLite, local storage); publishing v1 with an immediate rollout")
         port = free_port(env_int("DEMO_PORT", 8000))
         url = f"http://127.0.0.1:{port}"
         admin, enroll = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -185,65 +293,90 @@ def main() -> int:
             "OTA_ENROLLMENT_SECRET": enroll,
             "OTA_PUBLISHER_KEYS": str(pub),
             "OTA_POLL_INTERVAL": "2",
+            "OTA_ROLLOUT_EVAL_SECONDS": "1",  # a demo's soaks are seconds long; a fleet's, minutes
+            "OTA_SEEN_FLUSH_SECONDS": "1",
         }
         procs.start("server", [str(BIN / "ota-server"), "serve", "--port", str(port)], server_env)
         wait_for("the server to be ready", lambda: httpx.get(f"{url}/readyz", timeout=2).status_code == 200, 60, procs)
-        run([*mb, "publish", str(work / "shapes-v1.otam"), "--server", url, f"--token={admin}", "--quiet"])
-        roll_out_now(url, admin, 1)
+        api = Api(url, admin)
+        publish(mb, work / "shapes-v1.otam", url, admin, ["--rollout", "100"])
 
-        say(f"4/6 starting a device agent serving /predict and a simulated fleet of {fleet_size}")
+        # The gates read the simulated fleet. The real agent measures the wall time of what it serves, on a
+        # host it shares with the server, the fleet and the trainer: its p95 here is that host's load (5-10x
+        # the simulated devices', which measure CPU time). Gates pool every device's samples, weighted by
+        # requests, so its 20 requests a second would drag whichever version it runs; it reports hourly.
+        say(f"4/7 starting a device agent serving /predict and a simulated fleet of {fleet_size}, "
+            f"each device running {rate} inferences/s and reporting metrics")  # fmt: skip
         agent_port = free_port(port + 1)
         procs.start("agent", [
             str(BIN / "device-agent"), "run", "--server", url, "--model", MODEL, "--model-dir", str(work / "device-1"),
             "--trust", str(pub), f"--enroll-secret={enroll}", "--device-id", "demo-device-1",
-            "--serve", f"127.0.0.1:{agent_port}", "--poll-interval", "1",
+            "--serve", f"127.0.0.1:{agent_port}", "--poll-interval", "1", "--metrics-interval", "3600",
         ])  # fmt: skip
         fleet_report = work / "fleet-report.json"
         fleet = procs.start("fleet", [
             str(BIN / "device-agent"), "simulate", "--server", url, "--model", MODEL, "--trust", str(pub),
-            f"--enroll-secret={enroll}", "--devices", str(fleet_size), "--until-version", "2", "--timeout", "1800",
+            f"--enroll-secret={enroll}", "--devices", str(fleet_size), "--timeout", "3600",
             "--poll-interval", "2", "--model-dir", str(work / "fleet"), "--json",
+            "--inference-rate", str(rate), "--metrics-interval", "5",
         ], stdout=fleet_report)  # fmt: skip
         predict = f"http://127.0.0.1:{agent_port}"
-        headers = {"Authorization": f"Bearer {admin}"}
-
-        def fleet_on(version: int, count: int) -> bool:
-            data = httpx.get(f"{url}/v1/fleet", headers=headers, timeout=5).json()
-            on = sum(
-                _count_on(entry, version) for entry in (data if isinstance(data, list) else data.get("models", []))
-            )
-            return on >= count
+        devices = fleet_size + 1
 
         def agent_on(version: int) -> bool:
-            return httpx.get(f"{predict}/status", timeout=2).json().get("version") == version
+            return bool(httpx.get(f"{predict}/status", timeout=2).json().get("version") == version)
 
         wait_for("the device agent to serve v1", lambda: agent_on(1), 300, procs)
-        wait_for(f"{fleet_size} simulated devices to run v1", lambda: fleet_on(1, fleet_size + 1), 600, procs)
+        wait_for(f"{devices} devices to run v1", lambda: api.fleet().get(1, 0) >= devices, 600, procs)
         sample = next((work / "data" / "val").rglob("*.png")).read_bytes()
-        load = PredictLoad(f"{predict}/predict", sample)
+        load = PredictLoad(f"{predict}/predict", sample, predict_rate)
         load.start()
+        print(f"    fleet {fleet_text(api.fleet())}; a client calls {predict}/predict {predict_rate} times a second")
 
-        say(f"5/6 fine-tuning v2 (classifier only, {ft_epochs} epochs), publishing it, watching the fleet move")
+        say(f"5/7 fine-tuning v2 (classifier only, {ft_epochs} epochs); publishing it with a staged rollout")
         run([*train[:-2], "--epochs", str(ft_epochs), "--init", str(work / "run-v1"), "--freeze-features",
-             "--lr", "3e-4", "--seed", "1", "--out", str(work / "run-v2")])  # fmt: skip
+             "--lr", "3e-4", "--seed", "1", "--out", str(work / "run-v2"), "--no-progress"],
+            capture_output=True)  # fmt: skip
         run([*package[:2], str(work / "run-v2"), *package[2:], "--version", "2", "--parent-version", "1",
              "--out", str(work / "shapes-v2.otam")])  # fmt: skip
-        run([*mb, "publish", str(work / "shapes-v2.otam"), "--server", url, f"--token={admin}", "--quiet"])
-        roll_out_now(url, admin, 2)
+        publish(mb, work / "shapes-v2.otam", url, admin, staged)
+        v2 = watch_rollout(api, 2, {"completed", "paused", "aborted"}, 900, procs)
+        if v2["state"] != "completed":
+            raise DemoError(f"the rollout of v2 ended {v2['state']} ({v2.get('reason')}), not completed")
         wait_for("the device agent to serve v2", lambda: agent_on(2), 300, procs)
-        wait_for(f"{fleet_size} simulated devices to run v2", lambda: fleet_on(2, fleet_size + 1), 900, procs)
-        fleet.wait(120)
-        time.sleep(1.0)
+        wait_for(f"{devices} devices to run v2", lambda: api.fleet().get(2, 0) >= devices, 600, procs)
+        print(f"    fleet {fleet_text(api.fleet())}; /predict: {load.ok:,} requests answered, {load.failed} failed")
+
+        say(f"6/7 training v3 on SqueezeNet 1.0 ({v3_epochs} epochs from scratch): valid and signed, but about "
+            "twice as slow; publishing it with the same rollout")  # fmt: skip
+        run([*train[:-2], "--epochs", str(v3_epochs), "--arch", "squeezenet1_0", "--seed", "2",
+             "--out", str(work / "run-v3"), "--no-progress"], capture_output=True)  # fmt: skip
+        run([*package[:2], str(work / "run-v3"), *package[2:], "--version", "3", "--out", str(work / "shapes-v3.otam")])
+        publish(mb, work / "shapes-v3.otam", url, admin, staged)
+        v3 = watch_rollout(api, 3, {"completed", "paused", "aborted"}, 900, procs)
+        if v3["state"] == "paused":  # the canaries offered v3 before the halt finish installing it
+
+            def canaries_settled() -> bool:
+                r = api.rollout_of(3)
+                return r is not None and r["stages"][0]["counts"]["pending"] == 0
+
+            wait_for("v3's canaries to settle", canaries_settled, 300, procs)
+            time.sleep(3.0)  # a few more polls: nothing new is offered
         load.stop.set()
         load.join(15)
+        procs.stop(fleet)
 
-        say("6/6 summary")
-        summary = _summary(work, url, headers, load, fleet_report, time.monotonic() - started)
+        say("7/7 summary")
+        summary = _summary(work, api, load, fleet_report, time.monotonic() - started)
         print(summary["text"], flush=True)
-        ok = load.failed == 0 and summary["fleet_ok"]
+        (work / "summary.json").write_text(json.dumps(summary["json"], indent=1))
+        ok = load.failed == 0 and summary["ok"]
+        if not ok:
+            print("demo: the story did not go as told; see the summary above and the logs in " + str(work / "logs"))
         if exit_after:
             return 0 if ok else 1
-        print(f"\nEverything keeps running: server {url} (admin token {admin}), device {predict}/status.")
+        print(f"\nStill running: server {url} (admin token {admin}), device {predict}/status.")
+        print(f"Try: curl -s -H 'Authorization: Bearer {admin}' {url}/v1/rollouts/{v3['id']}")
         print("Press Ctrl-C to stop every process the demo started.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0 if ok else 1
@@ -256,53 +389,90 @@ def main() -> int:
         procs.stop_all()
 
 
-def _count_on(entry: dict[str, Any], version: int) -> int:
-    if entry.get("model") not in (None, MODEL):
-        return 0
-    versions = entry.get("versions") or entry.get("by_version") or {}
-    if isinstance(versions, dict):
-        return int(versions.get(str(version), 0))
-    return sum(int(v.get("devices", v.get("count", 0))) for v in versions if v.get("version") == version)
-
-
-def _summary(
-    work: Path, url: str, headers: dict[str, str], load: PredictLoad, fleet_report: Path, elapsed: float
-) -> dict[str, Any]:
+def _summary(work: Path, api: Api, load: PredictLoad, fleet_report: Path, elapsed: float) -> dict[str, Any]:
     import artifact as A
 
-    def manifest(path: Path) -> A.Manifest:
-        return A.parse_manifest(A.read_artifact(path.read_bytes()).manifest_bytes)
-
-    v1, v2 = manifest(work / "shapes-v1.otam"), manifest(work / "shapes-v2.otam")
-    p1, p2 = (
-        A.read_artifact((work / "shapes-v1.otam").read_bytes()),
-        A.read_artifact((work / "shapes-v2.otam").read_bytes()),
-    )
-    onnx1 = A.decode_payload(p1.payload, encoding=v1.payload.encoding, max_length=v1.onnx.length)
-    onnx2 = A.decode_payload(p2.payload, encoding=v2.payload.encoding, max_length=v2.onnx.length)
-    delta = A.make_delta(onnx1, onnx2)
+    files = {v: work / f"shapes-v{v}.otam" for v in (1, 2, 3)}
+    parsed = {v: A.read_artifact(f.read_bytes()) for v, f in files.items()}
+    manifests = {v: A.parse_manifest(p.manifest_bytes) for v, p in parsed.items()}
+    onnx = {
+        v: A.decode_payload(p.payload, encoding=manifests[v].payload.encoding, max_length=manifests[v].onnx.length)
+        for v, p in parsed.items()
+        if v in (1, 2)
+    }
+    delta = A.make_delta(onnx[1], onnx[2])
     report: dict[str, Any] = {}
     with contextlib.suppress(json.JSONDecodeError, OSError):
         report = json.loads(fleet_report.read_text() or "{}")
-    size1, size2 = (work / "shapes-v1.otam").stat().st_size, (work / "shapes-v2.otam").stat().st_size
+    rollouts = [api.rollout_of(v) for v in (1, 2, 3)]
+    fleet = api.fleet()
+    v3 = rollouts[2] or {}
+    canaries = v3["stages"][0]["cohort"] if v3 else 0
+    on_v3 = fleet.get(3, 0)
+    story = {
+        "v1_completed": bool(rollouts[0]) and rollouts[0]["state"] == "completed",  # type: ignore[index]
+        "v2_completed_in_stages": bool(rollouts[1])
+        and rollouts[1]["state"] == "completed"  # type: ignore[index]
+        and sum(h["event"] == "stage_advanced" for h in rollouts[1]["history"]) == 2,  # type: ignore[index]
+        "v3_halted_by_latency": v3.get("state") == "paused" and v3.get("reason") == "gate:latency_p95_ratio",
+        "fleet_on_v2_but_canaries": on_v3 <= canaries and fleet.get(2, 0) + on_v3 == sum(fleet.values()),
+    }
     lines = [
-        f"accuracy        v1 {v1.metrics['accuracy']:.2%}   v2 {v2.metrics['accuracy']:.2%}",
-        f"artifact        v1 {size1:,} B   v2 {size2:,} B",
-        f"delta v1→v2     {len(delta):,} B ({len(delta) / v2.payload.length:.1%} of the v2 payload)",
+        "accuracy        " + "   ".join(f"v{v} {m.metrics['accuracy']:.2%}" for v, m in manifests.items()),
+        "artifact        " + "   ".join(f"v{v} {f.stat().st_size:,} B" for v, f in files.items()),
+        f"delta v1→v2     {len(delta):,} B ({len(delta) / manifests[2].payload.length:.1%} of the v2 payload)",
+        "",
+        f"{'rollout':<8} {'version':<8} {'stages':<22} {'outcome':<10} {'reason':<24} counts (the stage it ended in)",
+    ]
+    for r in rollouts:
+        if r is None:
+            continue
+        stage = r["stages"][r["stage"]]
+        c = stage["counts"]
+        lines.append(
+            f"{r['id']:<8} {'v' + str(r['version']):<8} {stages_text(r):<22} {r['state']:<10} "
+            f"{r.get('reason') or '-':<24} "
+            f"stage {r['stage'] + 1} ({stage['percent']} %): cohort {stage['cohort']}, {c['installed']} installed, "
+            f"{c['failed']} failed, {c['pending']} pending"
+        )
+        for g in r.get("gates", []):
+            lines.append(
+                f"{'':<8} gate {g['metric']} = {g['value']} (threshold {g['threshold']}): {g['status']}; "
+                f"{g['detail']}; {g['samples']:,} samples"
+            )
+        halted = [h for h in r["history"] if h["event"] == "halted"]
+        if halted:
+            lines.append(f"{'':<8} halted: {halted[-1]['detail']}")
+    lines += [
+        "",
+        f"fleet at the end {fleet_text(fleet)}   ({on_v3} on v3 of the {canaries} devices in v3's first stage)",
     ]
     if report:
         lines.append(
-            f"fleet           {report.get('devices', '?')} devices; bytes {report.get('bytes', {})}; "
+            f"simulated fleet {report.get('devices', '?')} devices; bytes {report.get('bytes', {})}; "
             f"without deltas {report.get('full_payload_bytes', '?')} B; swap median {report.get('swap_ms_median')} ms"
         )
+        t = report.get("telemetry") or {}
+        if t:
+            lines.append(
+                f"inferences      {t.get('served', 0):,} served by the simulated devices and reported as metrics"
+            )
     lines += [
         f"predict load    {load.ok:,} requests answered, failed requests = {load.failed}, "
         f"versions seen {sorted(load.versions)}",
-        f"server          {url}   (API docs at {url}/docs)",
+        f"server          {api.url}   (API docs at {api.url}/docs)",
         f"total time      {elapsed:.0f} s",
     ]
-    fleet_ok = bool(report.get("ok", True)) if report else False
-    return {"text": "\n".join(lines), "fleet_ok": fleet_ok}
+    fleet_ok = bool(report.get("ok", False))
+    doc = {
+        "rollouts": rollouts,
+        "fleet": {("none" if v is None else f"v{v}"): n for v, n in fleet.items()},
+        "story": story,
+        "fleet_report_ok": fleet_ok,
+        "predict": {"ok": load.ok, "failed": load.failed, "versions": sorted(load.versions)},
+        "elapsed_s": round(elapsed, 1),
+    }
+    return {"text": "\n".join(lines), "json": doc, "ok": fleet_ok and all(story.values())}
 
 
 if __name__ == "__main__":

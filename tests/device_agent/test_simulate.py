@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import statistics
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 import pytest
@@ -18,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 import artifact as A
 from device_agent import FleetOptions, run_fleet
 from device_agent.cli import main
+from device_agent.runtime import LoadedModel
 from device_agent.simulate import format_report
 
 from .fakeserver import SECRET, FakeServer
@@ -175,6 +181,34 @@ def test_simulated_devices_report_the_latency_and_confidence_their_model_really_
     assert "inferences" in summary and "v2              p50" in summary
 
 
+def test_time_a_simulated_device_waits_off_the_cpu_is_not_its_model_s_latency(
+    server: FakeServer, releases: dict[int, Release], key: A.SigningKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet shares one host: an inference thread waiting for the GIL or a core (here: sleeping 50 ms
+    after each run) is the host's load, the same for every version, and must not be reported as the
+    model's latency — it would hide a model twice as slow as its baseline from the latency gate."""
+    original = LoadedModel.run
+
+    def run_then_wait(self: LoadedModel, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = original(self, x)
+        time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(LoadedModel, "run", run_then_wait)
+    server.publish(releases[1])
+    options = replace(
+        _options(server, key, tmp_path / "fleet", 1),
+        devices=2,
+        until_version=None,
+        timeout=3,
+        inference_rate=20,
+        metrics_interval=0.5,
+    )
+    asyncio.run(run_fleet(options, io.StringIO()))
+    metrics = server.events_of("metrics", 1)
+    assert metrics and all(e["metrics"]["p95_ms"] < 50 for e in metrics), [e["metrics"] for e in metrics]
+
+
 def test_without_an_inference_rate_the_fleet_serves_nothing_and_reports_no_metrics(
     server: FakeServer, releases: dict[int, Release], key: A.SigningKey, tmp_path: Path
 ) -> None:
@@ -195,6 +229,29 @@ def test_simulate_command_takes_a_rate_and_reports_what_was_served(
     assert telemetry["served"] > 0 and telemetry["workers"] == 1 and telemetry["asked_per_s"] == 40
     assert telemetry["versions"]["v1"]["requests"] == telemetry["served"]
     assert sum(e["metrics"]["requests"] for e in server.events_of("metrics", 1)) == telemetry["served"]
+
+
+def test_sigterm_ends_a_fleet_without_a_target_and_it_still_prints_its_summary(
+    server: FakeServer, releases: dict[int, Release], trust_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` runs the fleet through several rollouts and stops it with SIGTERM to read its report."""
+    server.publish(releases[1])
+
+    def terminate_once_installed() -> None:
+        deadline = time.monotonic() + 60
+        while len(server.events_of("installed", 1)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    argv = ["simulate", "--server", server.url, "--model", MODEL, "--enroll-secret", SECRET, "--devices", "2"]
+    argv += ["--trust", str(trust_file), "--timeout", "600", "--poll-interval", "0.1", "--json"]
+    killer = threading.Thread(target=terminate_once_installed)
+    killer.start()
+    code = main(argv)
+    killer.join()
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["ok"] and summary["versions"] == {"v1": 2}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the fleet
 
 
 @pytest.mark.parametrize(
