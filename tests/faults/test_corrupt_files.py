@@ -45,7 +45,9 @@ def _path(device_dir: Path, name: str) -> Path:
 def _serves_verified_then_reaches_v3(agent: AgentThread, server: FakeServer) -> None:
     assert agent.error is None, f"the agent did not start: {agent.error!r}"
     answer = agent.agent.predict(png_bytes(64))
-    assert answer["version"] in (1, 2)  # v2 (active) or, when its slot is damaged, the v1 fallback
+    # v2 (active), the v1 fallback when v2's slot is damaged, or v3 when the resumed download of the
+    # prepared directory already finished: each a verified model
+    assert answer["version"] in (1, 2, 3)
     server.target = 3
     agent.wait_version(3)
     assert agent.error is None
