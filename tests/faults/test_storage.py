@@ -49,9 +49,11 @@ def test_disk_full_in_every_state_that_writes_keeps_serving_and_installs_once_cl
     where: str, device_dir: Path, start_agent: Callable[..., AgentThread], fault_server: FakeServer
 ) -> None:
     disk = Disk()
+    # Full before the agent starts: the prepared directory holds v3's download in progress, which
+    # it resumes at once, and a disk filled later could come too late for it.
+    disk.fill(0, match=WRITERS[where])
     agent = start_agent(device_dir, disk=disk)
     agent.wait_version(2)
-    disk.fill(0, match=WRITERS[where])
     fault_server.target = 3
     if where in ("everything", "downloads", "slots"):
         _no_space_reported(fault_server, 3)  # events still reach the server, from memory
