@@ -72,6 +72,7 @@ from .rollout_policy import (
     selector_matches,
     stage_state,
 )
+from .seen import flush_forever
 
 __all__ = [
     "Action",
@@ -213,12 +214,7 @@ class OfferBuffer:
         return len(batch)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await run_in_threadpool(self.flush)
-            except DatabaseUnavailableError as e:
-                log.warning("offer flush failed, will retry: %s", e.detail)
+        await flush_forever(self.flush, self.interval, "offer")
 
 
 # -- what an admin reads ------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from starlette.concurrency import run_in_threadpool
@@ -22,6 +23,17 @@ from ..db.session import Database
 from ..errors import DatabaseUnavailableError
 
 log = logging.getLogger("ota.seen")
+
+
+async def flush_forever(flush: Callable[[], int], interval: float, what: str) -> None:
+    """Run a buffer's blocking `flush` every `interval` seconds, off the event loop; a database that
+    is down is logged and the buffer keeps what it holds for the next round."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await run_in_threadpool(flush)
+        except DatabaseUnavailableError as e:
+            log.warning("%s flush failed, will retry: %s", what, e.detail)
 
 
 class SeenBuffer:
@@ -52,9 +64,4 @@ class SeenBuffer:
         return len(batch)
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await run_in_threadpool(self.flush)
-            except DatabaseUnavailableError as e:
-                log.warning("last-seen flush failed, will retry: %s", e.detail)
+        await flush_forever(self.flush, self.interval, "last-seen")
