@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from .api.problems import BodyLimit, document_problems, install_problem_handlers
-from .api.routes import blobs, device, devices, ops, registry, rollouts
+from .api.routes import blobs, dashboard, device, devices, ops, registry, rollouts
 from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
@@ -71,7 +71,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
     document_problems(app)
-    for module in (device, blobs, ops, registry, devices, rollouts):  # hot routes first: FastAPI matches in order
+    for module in (
+        device,
+        blobs,
+        ops,
+        registry,
+        devices,
+        rollouts,
+        dashboard,
+    ):  # hot routes first: FastAPI matches in order
         app.include_router(module.router)
     app.add_middleware(BodyLimit, default=settings.max_request_bytes, metrics=services.metrics)
     app.add_middleware(RequestObserver, metrics=services.metrics, access=services.access)

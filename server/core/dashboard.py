@@ -1,0 +1,159 @@
+"""What the ops dashboard reads: the fleet per model, the registry with sizes and deltas.
+
+Counting a fleet of 100,000 devices is a scan; the dashboard must not pay it per page load. The
+fleet overview is therefore computed at most once per ``cache_seconds`` and shared by every
+request in that window (an operator sees numbers at most that old; the page says when they were
+counted). Rollouts and devices are read through :class:`RolloutService` and :class:`Fleet`, the
+same services the REST API calls.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..data import delta_rows as delta_data
+from ..data import devices as device_data
+from ..data import registry as registry_data
+from ..db.models import ModelVersion
+from ..db.session import Database, utcnow
+from .rollouts import RolloutService, RolloutView
+from .view import RegistryView
+
+ACTIVE_STATES = ("running", "waiting", "paused")
+STALE_POLLS = 3  # a device not seen for this many poll intervals is stale
+
+
+@dataclass
+class ModelFleet:
+    model: str
+    devices: int = 0
+    baseline: int | None = None
+    versions: list[tuple[int | None, int]] = field(default_factory=list)  # (installed version, devices)
+    statuses: dict[str, int] = field(default_factory=dict)
+    stale: int = 0
+    rollout: RolloutView | None = None
+
+    @property
+    def on_baseline(self) -> int:
+        return sum(n for v, n in self.versions if v is not None and v == self.baseline)
+
+
+@dataclass(frozen=True)
+class FleetOverview:
+    models: list[ModelFleet]
+    counted_at: datetime
+    stale_after_seconds: int
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: ModelVersion
+    metrics: dict[str, Any]
+    delta_from_previous: tuple[int, str, int | None] | None  # (from version, status, length)
+
+
+@dataclass(frozen=True)
+class ModelRows:
+    name: str
+    baseline: int | None
+    versions: list[VersionRow]
+
+
+class Dashboard:
+    """Read models for the dashboard pages; blocking, run in a worker thread."""
+
+    def __init__(
+        self,
+        db: Database,
+        view: RegistryView,
+        rollouts: RolloutService,
+        *,
+        poll_interval: int,
+        cache_seconds: float = 5.0,
+    ) -> None:
+        self.db = db
+        self.view = view
+        self.rollouts = rollouts
+        self.stale_after = STALE_POLLS * poll_interval
+        self.cache_seconds = cache_seconds
+        self._cached: tuple[float, FleetOverview] | None = None
+        self._lock = threading.Lock()
+
+    def fleet(self) -> FleetOverview:
+        """The overview, counted at most once per `cache_seconds` (concurrent callers wait for one count)."""
+        with self._lock:
+            cached = self._cached
+            if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
+                return cached[1]
+            started = time.monotonic()
+            overview = self._count()
+            self._cached = (started, overview)
+            return overview
+
+    def forget(self) -> None:
+        """Drop the cached overview (after an action from the dashboard, so the operator sees its effect)."""
+        with self._lock:
+            self._cached = None
+
+    def _count(self) -> FleetOverview:
+        now = utcnow()
+        heads = self.view.current().heads
+        with self.db.session() as session:
+            by_version, by_status = device_data.fleet_counts(session)
+            stale = device_data.stale_counts(session, seen_before=now - timedelta(seconds=self.stale_after))
+            names = [m.name for m in registry_data.list_models(session)]
+        models: dict[str, ModelFleet] = {}
+
+        def entry(name: str) -> ModelFleet:
+            if name not in models:
+                head = heads.get(name)
+                models[name] = ModelFleet(model=name, baseline=head.version if head else None)
+            return models[name]
+
+        for name in names:
+            entry(name)
+        for name, version, count in by_version:
+            m = entry(name)
+            m.devices += count
+            m.versions.append((version, count))
+        for name, status, count in by_status:
+            entry(name).statuses[status] = count
+        for name, count in stale.items():
+            entry(name).stale = count
+        for state in ACTIVE_STATES:
+            for r in self.rollouts.list_rollouts(model=None, state=state, limit=200):
+                m = entry(r.model)
+                if m.rollout is None or r.id > m.rollout.id:
+                    m.rollout = r
+        return FleetOverview(
+            models=[models[k] for k in sorted(models)], counted_at=now, stale_after_seconds=self.stale_after
+        )
+
+    def registry(self) -> list[ModelRows]:
+        """Every model's versions (newest first) with manifest metrics and the delta from the version below."""
+        heads = self.view.current().heads
+        out = []
+        with self.db.session() as session:
+            for summary in registry_data.list_models(session):
+                model = registry_data.get_model(session, name=summary.name)
+                if model is None:  # deleted between the two reads: nothing to show
+                    continue
+                rows = registry_data.list_versions(session, model_id=model.id)
+                versions = []
+                for i, row in enumerate(rows):
+                    previous = rows[i + 1].version if i + 1 < len(rows) else None
+                    delta = None
+                    if previous is not None:
+                        for d in delta_data.list_deltas(session, model_id=model.id, to_version=row.version):
+                            if d.from_version == previous:
+                                delta = (d.from_version, d.status, d.length)
+                    metrics = json.loads(row.manifest_bytes).get("metrics") or {}
+                    versions.append(VersionRow(row, metrics if isinstance(metrics, dict) else {}, delta))
+                head = heads.get(summary.name)
+                out.append(ModelRows(summary.name, head.version if head else None, versions))
+        return out
