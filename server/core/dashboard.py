@@ -19,8 +19,10 @@ from typing import Any
 from ..data import delta_rows as delta_data
 from ..data import devices as device_data
 from ..data import registry as registry_data
+from ..data import rollouts as rollout_data
 from ..db.models import ModelVersion
 from ..db.session import Database, utcnow
+from .rollout_policy import Counts, RolloutSpec
 from .rollouts import RolloutService, RolloutView
 from .view import RegistryView
 
@@ -62,6 +64,22 @@ class ModelRows:
     name: str
     baseline: int | None
     versions: list[VersionRow]
+
+
+@dataclass(frozen=True)
+class RolloutLine:
+    """One row of the rollouts list: read from the rollout's row; counts only for active rollouts."""
+
+    id: int
+    model: str
+    version: int
+    state: str
+    stage: int
+    stages: int
+    percent: float
+    created_by: str
+    updated_at: datetime
+    counts: Counts | None  # the current stage's, from the (cached) fleet overview
 
 
 class Dashboard:
@@ -156,4 +174,33 @@ class Dashboard:
                     versions.append(VersionRow(row, metrics if isinstance(metrics, dict) else {}, delta))
                 head = heads.get(summary.name)
                 out.append(ModelRows(summary.name, head.version if head else None, versions))
+        return out
+
+    def rollout_lines(self, *, limit: int = 100) -> list[RolloutLine]:
+        """Newest first. Counting a stage scans its model's devices, so only active rollouts carry counts,
+        and those come from the cached fleet overview (finished rollouts are not counted again)."""
+        active = {m.rollout.id: m.rollout for m in self.fleet().models if m.rollout is not None}
+        names: dict[int, str] = {}
+        out = []
+        with self.db.session() as session:
+            for r in rollout_data.list_rollouts(session, limit=limit):
+                if r.model_id not in names:
+                    names[r.model_id] = rollout_data.model_name_of(session, model_id=r.model_id)
+                spec = RolloutSpec.from_json(r.spec)
+                stage = min(r.stage, len(spec.stages) - 1)
+                view = active.get(r.id)
+                out.append(
+                    RolloutLine(
+                        id=r.id,
+                        model=names[r.model_id],
+                        version=r.version,
+                        state=r.state,  # the row is fresher than the cached counts
+                        stage=r.stage,
+                        stages=len(spec.stages),
+                        percent=spec.stages[stage].percent,
+                        created_by=r.created_by,
+                        updated_at=r.updated_at,
+                        counts=view.stages[stage].counts if view else None,
+                    )
+                )
         return out

@@ -240,3 +240,14 @@ def test_models_page_lists_versions_and_revokes_with_a_reason(env: Env, client: 
 def test_pages_are_not_in_the_openapi_document(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert not {"/", "/login", "/devices", "/models", "/rollouts"} & set(paths)
+
+
+def test_rollouts_list_shows_every_rollout_with_counts_for_the_active_one(env: Env, client: TestClient) -> None:
+    rid = seed(env, client)
+    sign_in(client)
+    page = client.get("/rollouts").text
+    rows = re.findall(r'<tr class="rollout" data-id="(\d+)">(.*?)</tr>', page)
+    assert [int(i) for i, _ in rows] == [rid, rid - 1]
+    cohort = client.get(f"/v1/rollouts/{rid}", headers=ADMIN).json()["stages"][0]["cohort"]
+    assert "running" in rows[0][1] and f"0 / {cohort}</td>" in rows[0][1] and "1 / 2 (50.0 %)" in rows[0][1]
+    assert "completed" in rows[1][1] and "—</td>" in rows[1][1]

@@ -175,7 +175,7 @@ async def rollouts_page(request: Request) -> Response:
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
-    rollouts = await run_in_threadpool(lambda: services.rollouts.list_rollouts(model=None, state=None, limit=100))
+    rollouts = await run_in_threadpool(services.dashboard.rollout_lines)
     return render("rollouts.html", request, session, rollouts=rollouts)
 
 
