@@ -1,20 +1,25 @@
-"""What the ops dashboard reads: the fleet per model, the registry with sizes and deltas.
+"""What the ops dashboard reads: the fleet per model, rollouts, the registry with sizes and deltas.
 
-Counting a fleet of 100,000 devices is a scan; the dashboard must not pay it per page load. The
-fleet overview is therefore computed at most once per ``cache_seconds`` and shared by every
-request in that window (an operator sees numbers at most that old; the page says when they were
-counted). Rollouts and devices are read through :class:`RolloutService` and :class:`Fleet`, the
-same services the REST API calls.
+Counting a fleet of 100,000 devices (versions, statuses, stale devices, a rollout's stage cohorts)
+reads every device; a page load must not pay that. The fleet overview and each rollout's view are
+therefore :class:`Recent` values: computed at most once per ``cache_seconds`` and shared by every
+request; once older, the old value is still served (up to ``MAX_STALE_SECONDS``) while one
+background thread counts again — stale-while-revalidate — so only the first load after a quiet
+spell (or after an action from the dashboard, which drops them) waits for a count. Each page says
+when its numbers were counted. Rollouts are read through :class:`RolloutService`, the same service
+the REST API calls.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..data import delta_rows as delta_data
 from ..data import devices as device_data
@@ -28,6 +33,72 @@ from .view import RegistryView
 
 ACTIVE_STATES = ("running", "waiting", "paused")
 STALE_POLLS = 3  # a device not seen for this many poll intervals is stale
+MAX_STALE_SECONDS = 60.0  # older than this, a page waits for a fresh count instead
+MAX_ROLLOUT_VIEWS = 64
+
+log = logging.getLogger("ota.dashboard")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Counted(Generic[T]):
+    value: T
+    at: datetime  # when the count began (UTC)
+
+
+class Recent(Generic[T]):
+    """A value recomputed at most once per `fresh` seconds, served stale (≤ `stale` s) while it is recomputed."""
+
+    def __init__(self, compute: Callable[[], T], *, fresh: float, stale: float = MAX_STALE_SECONDS) -> None:
+        self.compute = compute
+        self.fresh = fresh
+        self.stale = stale
+        self._value: tuple[float, Counted[T]] | None = None
+        self._state = threading.Lock()  # guards _value and _refreshing
+        self._counting = threading.Lock()  # one count at a time
+        self._refreshing = False
+        self._forgotten_at = 0.0  # a count begun before this is not kept
+
+    def get(self) -> Counted[T]:
+        with self._state:
+            cached = self._value
+            age = time.monotonic() - cached[0] if cached is not None else None
+            if cached is not None and age is not None and age < self.fresh:
+                return cached[1]
+            if cached is not None and age is not None and age < self.stale:
+                if not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh, name="dashboard-count", daemon=True).start()
+                return cached[1]
+        with self._counting:  # nothing usable: count now (concurrent callers wait for one count)
+            with self._state:
+                cached = self._value
+                if cached is not None and time.monotonic() - cached[0] < self.fresh:
+                    return cached[1]
+            return self._count()
+
+    def forget(self) -> None:
+        with self._state:
+            self._value = None
+            self._forgotten_at = time.monotonic()
+
+    def _count(self) -> Counted[T]:
+        started, at = time.monotonic(), utcnow()
+        counted = Counted(self.compute(), at)
+        with self._state:
+            if started >= self._forgotten_at and (self._value is None or self._value[0] < started):
+                self._value = (started, counted)
+        return counted
+
+    def _refresh(self) -> None:
+        try:
+            with self._counting:
+                self._count()
+        except Exception:  # the stale value stays; the next load past `stale` counts in the foreground
+            log.exception("dashboard count failed")
+        finally:
+            with self._state:
+                self._refreshing = False
 
 
 @dataclass
@@ -50,6 +121,10 @@ class FleetOverview:
     models: list[ModelFleet]
     counted_at: datetime
     stale_after_seconds: int
+
+    @property
+    def active(self) -> dict[int, RolloutView]:
+        return {m.rollout.id: m.rollout for m in self.models if m.rollout is not None}
 
 
 @dataclass(frozen=True)
@@ -99,24 +174,32 @@ class Dashboard:
         self.rollouts = rollouts
         self.stale_after = STALE_POLLS * poll_interval
         self.cache_seconds = cache_seconds
-        self._cached: tuple[float, FleetOverview] | None = None
+        self._fleet: Recent[FleetOverview] = Recent(self._count, fresh=cache_seconds)
+        self._rollouts: dict[int, Recent[RolloutView]] = {}
         self._lock = threading.Lock()
 
     def fleet(self) -> FleetOverview:
-        """The overview, counted at most once per `cache_seconds` (concurrent callers wait for one count)."""
+        """The overview: see the module's docstring for how recent it is."""
+        return self._fleet.get().value
+
+    def rollout(self, rollout_id: int) -> Counted[RolloutView]:
+        """One rollout's view (stage counts, gates, history), recent like the overview;
+        :class:`RolloutNotFoundError` if there is none."""
         with self._lock:
-            cached = self._cached
-            if cached is not None and time.monotonic() - cached[0] < self.cache_seconds:
-                return cached[1]
-            started = time.monotonic()
-            overview = self._count()
-            self._cached = (started, overview)
-            return overview
+            recent = self._rollouts.get(rollout_id)
+            if recent is None:
+                if len(self._rollouts) >= MAX_ROLLOUT_VIEWS:
+                    del self._rollouts[min(self._rollouts)]
+                recent = self._rollouts[rollout_id] = Recent(
+                    lambda: self.rollouts.get(rollout_id), fresh=self.cache_seconds
+                )
+        return recent.get()
 
     def forget(self) -> None:
-        """Drop the cached overview (after an action from the dashboard, so the operator sees its effect)."""
+        """Drop every cached count (after an action from the dashboard, so the operator sees its effect)."""
+        self._fleet.forget()
         with self._lock:
-            self._cached = None
+            self._rollouts.clear()
 
     def _count(self) -> FleetOverview:
         now = utcnow()
@@ -179,7 +262,7 @@ class Dashboard:
     def rollout_lines(self, *, limit: int = 100) -> list[RolloutLine]:
         """Newest first. Counting a stage scans its model's devices, so only active rollouts carry counts,
         and those come from the cached fleet overview (finished rollouts are not counted again)."""
-        active = {m.rollout.id: m.rollout for m in self.fleet().models if m.rollout is not None}
+        active = self.fleet().active
         names: dict[int, str] = {}
         out = []
         with self.db.session() as session:

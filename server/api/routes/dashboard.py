@@ -58,7 +58,10 @@ def render(name: str, request: Request, session: DashboardSession | None, status
 
 def current_session(request: Request) -> DashboardSession | None:
     cookie = request.cookies.get(COOKIE)
-    return services_of(request).signer.read_session_cookie(cookie) if cookie else None
+    session = services_of(request).signer.read_session_cookie(cookie) if cookie else None
+    if session is not None:
+        request.state.admin = session.admin  # the access log names who acted, as for the API
+    return session
 
 
 def to_sign_in(request: Request) -> Response:
@@ -186,10 +189,12 @@ async def rollout_page(request: Request, rollout_id: int, done: str | None = Non
         return to_sign_in(request)
     services = services_of(request)
     try:
-        rollout = await run_in_threadpool(services.rollouts.get, rollout_id)
+        counted = await run_in_threadpool(services.dashboard.rollout, rollout_id)
     except OtaServerError as e:
         return render("message.html", request, session, status=e.status, title="Rollout", message=str(e))
-    return render("rollout.html", request, session, r=rollout, actions=ACTIONS, done=done, error=None)
+    return render(
+        "rollout.html", request, session, r=counted.value, at=counted.at, actions=ACTIONS, done=done, error=None
+    )
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
@@ -205,9 +210,17 @@ async def rollout_action(request: Request, rollout_id: int, action: str) -> Resp
         return render("message.html", request, session, status=404, title="Rollout", message="No such action.")
     reason = form.get("reason", "").strip()[:500]
     if not reason:
-        rollout = await run_in_threadpool(services.rollouts.get, rollout_id)
+        counted = await run_in_threadpool(services.dashboard.rollout, rollout_id)
         return render(
-            "rollout.html", request, session, status=422, r=rollout, actions=ACTIONS, done=None, error="Give a reason."
+            "rollout.html",
+            request,
+            session,
+            status=422,
+            r=counted.value,
+            at=counted.at,
+            actions=ACTIONS,
+            done=None,
+            error="Give a reason.",
         )
     chosen: Action = next(a for a in ACTIONS if a == action)
     try:
@@ -215,12 +228,21 @@ async def rollout_action(request: Request, rollout_id: int, action: str) -> Resp
             lambda: services.rollouts.act(rollout_id, chosen, reason=reason, by=f"{session.admin} (dashboard)")
         )
     except OtaServerError as e:
+        services.dashboard.forget()
         try:
-            rollout = await run_in_threadpool(services.rollouts.get, rollout_id)
+            counted = await run_in_threadpool(services.dashboard.rollout, rollout_id)
         except OtaServerError:
             return render("message.html", request, session, status=e.status, title="Rollout", message=str(e))
         return render(
-            "rollout.html", request, session, status=e.status, r=rollout, actions=ACTIONS, done=None, error=str(e)
+            "rollout.html",
+            request,
+            session,
+            status=e.status,
+            r=counted.value,
+            at=counted.at,
+            actions=ACTIONS,
+            done=None,
+            error=str(e),
         )
     services.dashboard.forget()
     return RedirectResponse(f"/rollouts/{rollout_id}?done={action}", status_code=303, headers=HEADERS)
