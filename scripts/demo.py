@@ -244,6 +244,7 @@ def main() -> int:
         if exit_after:
             return 0 if ok else 1
         print(f"\nEverything keeps running: server {url} (admin token {admin}), device {predict}/status.")
+        print(f"Ops dashboard: open {url}/ and sign in with the admin token {admin}")
         print("Press Ctrl-C to stop every process the demo started.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0 if ok else 1
@@ -299,6 +300,7 @@ def _summary(
         f"predict load    {load.ok:,} requests answered, failed requests = {load.failed}, "
         f"versions seen {sorted(load.versions)}",
         f"server          {url}   (API docs at {url}/docs)",
+        f"dashboard       {url}/   (sign in with the admin token {headers['Authorization'].removeprefix('Bearer ')})",
         f"total time      {elapsed:.0f} s",
     ]
     fleet_ok = bool(report.get("ok", True)) if report else False
