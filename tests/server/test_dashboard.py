@@ -251,3 +251,33 @@ def test_rollouts_list_shows_every_rollout_with_counts_for_the_active_one(env: E
     cohort = client.get(f"/v1/rollouts/{rid}", headers=ADMIN).json()["stages"][0]["cohort"]
     assert "running" in rows[0][1] and f"0 / {cohort}</td>" in rows[0][1] and "1 / 2 (50.0 %)" in rows[0][1]
     assert "completed" in rows[1][1] and "—</td>" in rows[1][1]
+
+
+def test_rollout_page_shows_the_apis_stage_counts_and_gates(env: Env, client: TestClient) -> None:
+    release(client, env.artifact(1))
+    publish(client, env.artifact(2))
+    tokens = [enroll(client, f"cam-{i}") for i in range(8)]
+    body = {
+        "model": "shapes",
+        "version": 2,
+        "stages": [{"percent": 100, "soak_seconds": 3600}],
+        "min_devices": 1,
+        "gates": [{"metric": "latency_p95_ratio", "max": 1.5, "min_samples": 3}],
+    }
+    rid = client.post("/v1/rollouts", json=body, headers=ADMIN).json()["id"]
+    for i, token in enumerate(tokens):
+        r = client.get("/v1/device/update?current_version=1", headers=bearer(token))
+        assert r.status_code == 200, r.text
+        if i < 3:
+            events(client, token, {"type": "installed", "version": 2})
+        elif i < 5:
+            events(client, token, {"type": "failed", "version": 2, "reason": "golden mismatch"})
+    services(client).rollouts.offers.flush()
+    sign_in(client)
+    page = client.get(f"/rollouts/{rid}").text
+    stage = client.get(f"/v1/rollouts/{rid}", headers=ADMIN).json()["stages"][0]
+    shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', page))
+    assert shown == {k: str(stage["counts"][k]) for k in ("installed", "failed", "pending", "not_reached")}
+    assert shown == {"installed": "3", "failed": "2", "pending": "3", "not_reached": "0"}
+    gate = re.search(r"<td>latency_p95_ratio</td>(.*?)</tr>", page, re.S)
+    assert gate and '<td class="num">1.5</td>' in gate.group(1) and "pending" in gate.group(1)
