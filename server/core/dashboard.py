@@ -4,10 +4,11 @@ Counting a fleet of 100,000 devices (versions, statuses, stale devices, a rollou
 reads every device; a page load must not pay that. The fleet overview and each rollout's view are
 therefore :class:`Recent` values: computed at most once per ``cache_seconds`` and shared by every
 request; once older, the old value is still served (up to ``MAX_STALE_SECONDS``) while one
-background thread counts again — stale-while-revalidate — so only the first load after a quiet
-spell (or after an action from the dashboard, which drops them) waits for a count. Each page says
-when its numbers were counted. Rollouts are read through :class:`RolloutService`, the same service
-the REST API calls.
+background thread counts again — stale-while-revalidate — so only the first load after start or
+after a quiet minute waits for a count. A rollout's state, stage, reason and history are read fresh
+on every load (its row and history: no device is read), so an action taken from the dashboard shows
+at once; the action also expires the counts. Each page says when its numbers were counted.
+Rollouts are counted by :class:`RolloutService`, the same service the REST API calls.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -26,9 +27,9 @@ from ..data import devices as device_data
 from ..data import registry as registry_data
 from ..data import rollouts as rollout_data
 from ..db.models import ModelVersion
-from ..db.session import Database, utcnow
-from .rollout_policy import Counts, RolloutSpec
-from .rollouts import RolloutService, RolloutView
+from ..db.session import Database, Session, utcnow
+from .rollout_policy import Counts, RolloutSpec, stage_state
+from .rollouts import HistoryEntry, RolloutService, RolloutView
 from .view import RegistryView
 
 ACTIVE_STATES = ("running", "waiting", "paused")
@@ -47,54 +48,60 @@ class Counted(Generic[T]):
 
 
 class Recent(Generic[T]):
-    """A value recomputed at most once per `fresh` seconds, served stale (≤ `stale` s) while it is recomputed."""
+    """A value recomputed at most once per `fresh` seconds, served stale (≤ `stale` s) while it is recomputed.
+
+    :meth:`expire` (after an action) makes the next read start a recount without waiting for it.
+    """
 
     def __init__(self, compute: Callable[[], T], *, fresh: float, stale: float = MAX_STALE_SECONDS) -> None:
         self.compute = compute
         self.fresh = fresh
         self.stale = stale
-        self._value: tuple[float, Counted[T]] | None = None
-        self._state = threading.Lock()  # guards _value and _refreshing
+        self._value: tuple[float, bool, Counted[T]] | None = None  # (count began, expired, value)
+        self._state = threading.Lock()  # guards _value, _refreshing, _expired_at
         self._counting = threading.Lock()  # one count at a time
         self._refreshing = False
-        self._forgotten_at = 0.0  # a count begun before this is not kept
+        self._expired_at = 0.0  # a count begun before this is stale as soon as it lands
 
     def get(self) -> Counted[T]:
         with self._state:
             cached = self._value
-            age = time.monotonic() - cached[0] if cached is not None else None
-            if cached is not None and age is not None and age < self.fresh:
-                return cached[1]
-            if cached is not None and age is not None and age < self.stale:
-                if not self._refreshing:
-                    self._refreshing = True
-                    threading.Thread(target=self._refresh, name="dashboard-count", daemon=True).start()
-                return cached[1]
+            if cached is not None:
+                born, expired, value = cached
+                age = time.monotonic() - born
+                if not expired and age < self.fresh:
+                    return value
+                if age < self.stale:
+                    if not self._refreshing:
+                        self._refreshing = True
+                        threading.Thread(target=self._refresh, name="dashboard-count", daemon=True).start()
+                    return value
         with self._counting:  # nothing usable: count now (concurrent callers wait for one count)
             with self._state:
                 cached = self._value
-                if cached is not None and time.monotonic() - cached[0] < self.fresh:
-                    return cached[1]
+                if cached is not None and not cached[1] and time.monotonic() - cached[0] < self.fresh:
+                    return cached[2]
             return self._count()
 
-    def forget(self) -> None:
+    def expire(self) -> None:
         with self._state:
-            self._value = None
-            self._forgotten_at = time.monotonic()
+            self._expired_at = time.monotonic()
+            if self._value is not None:
+                self._value = (self._value[0], True, self._value[2])
 
     def _count(self) -> Counted[T]:
         started, at = time.monotonic(), utcnow()
         counted = Counted(self.compute(), at)
         with self._state:
-            if started >= self._forgotten_at and (self._value is None or self._value[0] < started):
-                self._value = (started, counted)
+            if self._value is None or self._value[0] < started:
+                self._value = (started, started < self._expired_at, counted)
         return counted
 
     def _refresh(self) -> None:
         try:
             with self._counting:
                 self._count()
-        except Exception:  # the stale value stays; the next load past `stale` counts in the foreground
+        except Exception:  # the stale value stays; the next read past `stale` counts in the foreground
             log.exception("dashboard count failed")
         finally:
             with self._state:
@@ -179,11 +186,19 @@ class Dashboard:
         self._lock = threading.Lock()
 
     def fleet(self) -> FleetOverview:
-        """The overview: see the module's docstring for how recent it is."""
-        return self._fleet.get().value
+        """The overview: counts as recent as the module's docstring says; each rollout's state, stage and
+        history as of now (read from its row, cheap), so an action shows at once."""
+        overview = self._fleet.get().value
+        if not any(m.rollout for m in overview.models):
+            return overview
+        with self.db.session() as session:
+            models = [
+                replace(m, rollout=self._current(session, m.rollout) if m.rollout else None) for m in overview.models
+            ]
+        return replace(overview, models=models)
 
     def rollout(self, rollout_id: int) -> Counted[RolloutView]:
-        """One rollout's view (stage counts, gates, history), recent like the overview;
+        """One rollout's view: stage counts and gates recent like the overview, state and history as of now;
         :class:`RolloutNotFoundError` if there is none."""
         with self._lock:
             recent = self._rollouts.get(rollout_id)
@@ -193,13 +208,38 @@ class Dashboard:
                 recent = self._rollouts[rollout_id] = Recent(
                     lambda: self.rollouts.get(rollout_id), fresh=self.cache_seconds
                 )
-        return recent.get()
+        counted = recent.get()
+        with self.db.session() as session:
+            return replace(counted, value=self._current(session, counted.value))
 
-    def forget(self) -> None:
-        """Drop every cached count (after an action from the dashboard, so the operator sees its effect)."""
-        self._fleet.forget()
+    def expire(self) -> None:
+        """After an action from the dashboard: the next reads start recounting (state shows at once anyway)."""
+        self._fleet.expire()
         with self._lock:
-            self._rollouts.clear()
+            recents = list(self._rollouts.values())
+        for recent in recents:
+            recent.expire()
+
+    @staticmethod
+    def _current(session: Session, view: RolloutView) -> RolloutView:
+        """A counted view brought up to date from the rollout's row and history (no device is read)."""
+        row = rollout_data.get_rollout(session, rollout_id=view.id)
+        if row is None:
+            return view
+        history = [
+            HistoryEntry(at=h.at, event=h.event, stage=h.stage, detail=h.detail, by=h.by)
+            for h in rollout_data.history(session, rollout_id=view.id)
+        ]
+        stages = [replace(s, state=stage_state(i, stage=row.stage, state=row.state)) for i, s in enumerate(view.stages)]
+        return replace(
+            view,
+            state=row.state,
+            reason=row.reason,
+            stage=row.stage,
+            updated_at=row.updated_at,
+            stages=stages,
+            history=history,
+        )
 
     def _count(self) -> FleetOverview:
         now = utcnow()

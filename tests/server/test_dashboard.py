@@ -141,13 +141,13 @@ def test_a_device_not_seen_for_three_poll_intervals_is_stale(env: Env) -> None:
     enroll(client, "cam-1")
     sign_in(client)
     time.sleep(3.2)
-    services(client).dashboard.forget()
     assert 'data-status="stale">1<' in client.get("/").text
 
 
 def test_a_rollout_paused_from_the_page_is_paused_in_the_api(env: Env, client: TestClient) -> None:
     rid = seed(env, client)
     sign_in(client)
+    assert '<span class="pill running">running</span>' in client.get("/").text  # counted, and kept for a while
     page = client.get(f"/rollouts/{rid}")
     assert page.status_code == 200
     assert 'id="do-pause"' in page.text and 'id="do-resume"' not in page.text
@@ -159,6 +159,9 @@ def test_a_rollout_paused_from_the_page_is_paused_in_the_api(env: Env, client: T
     assert doc["reason"] == "p95 <b>spike</b>"
     assert "p95 &lt;b&gt;spike&lt;/b&gt;" in r.text and "<b>spike</b>" not in r.text
     assert 'id="do-resume"' in r.text
+    assert r.text.count("p95 &lt;b&gt;spike&lt;/b&gt;") == 2  # the reason, and the history's entry
+    fleet = client.get("/").text  # the counts may be seconds old; the rollout's state is not
+    assert '<span class="pill paused">paused</span>' in fleet and "pill running" not in fleet
 
 
 def test_an_action_needs_a_reason(env: Env, client: TestClient) -> None:

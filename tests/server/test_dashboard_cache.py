@@ -7,7 +7,7 @@ import time
 from server.core.dashboard import Recent
 
 
-def test_counts_are_served_stale_while_recounted_and_never_older_than_an_action() -> None:
+def test_counts_are_served_stale_while_recounted_and_recounted_after_an_action() -> None:
     calls: list[int] = []
 
     def count() -> int:
@@ -23,5 +23,16 @@ def test_counts_are_served_stale_while_recounted_and_never_older_than_an_action(
     while recent.get().value != 2:
         assert time.monotonic() < deadline, "the background count never landed"
         time.sleep(0.01)
-    recent.forget()
-    assert recent.get().value == 3  # after an action: counted before answering
+    recent.expire()  # after an action: served at once, recounted in the background
+    assert recent.get().value == 2
+    while recent.get().value != 3:
+        assert time.monotonic() < deadline, "the background count never landed"
+        time.sleep(0.01)
+    fresh = Recent(count, fresh=60, stale=120)
+    assert fresh.get().value == 4
+    assert fresh.get().value == 4  # fresh for a minute ...
+    fresh.expire()
+    assert fresh.get().value == 4  # ... until expired: the old value once more, while the recount runs
+    while fresh.get().value != 5:
+        assert time.monotonic() < deadline, "the recount after expire never landed"
+        time.sleep(0.01)

@@ -228,7 +228,7 @@ async def rollout_action(request: Request, rollout_id: int, action: str) -> Resp
             lambda: services.rollouts.act(rollout_id, chosen, reason=reason, by=f"{session.admin} (dashboard)")
         )
     except OtaServerError as e:
-        services.dashboard.forget()
+        services.dashboard.expire()
         try:
             counted = await run_in_threadpool(services.dashboard.rollout, rollout_id)
         except OtaServerError:
@@ -244,7 +244,7 @@ async def rollout_action(request: Request, rollout_id: int, action: str) -> Resp
             done=None,
             error=str(e),
         )
-    services.dashboard.forget()
+    services.dashboard.expire()
     return RedirectResponse(f"/rollouts/{rollout_id}?done={action}", status_code=303, headers=HEADERS)
 
 
@@ -334,6 +334,6 @@ async def revoke(request: Request, model: str, version: int) -> Response:
         models = await run_in_threadpool(services.dashboard.registry)
         return render("models.html", request, session, status=422, models=models, done=None, error=error)
     await run_in_threadpool(services.view.refresh)
-    services.dashboard.forget()
+    services.dashboard.expire()
     await asyncio.sleep(services.view.propagation_delay)
     return RedirectResponse(f"/models?done=revoked+{model}+v{version}", status_code=303, headers=HEADERS)
