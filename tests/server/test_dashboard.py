@@ -284,3 +284,14 @@ def test_rollout_page_shows_the_apis_stage_counts_and_gates(env: Env, client: Te
     assert shown == {"installed": "3", "failed": "2", "pending": "3", "not_reached": "0"}
     gate = re.search(r"<td>latency_p95_ratio</td>(.*?)</tr>", page, re.S)
     assert gate and '<td class="num">1.5</td>' in gate.group(1) and "pending" in gate.group(1)
+
+
+def test_hostile_paths_and_filters_get_an_answer_not_a_crash(env: Env, client: TestClient) -> None:
+    seed(env, client)
+    sign_in(client)
+    assert client.get(f"/rollouts/{2**63}").status_code == 422
+    assert client.get("/rollouts/999").status_code == 404
+    assert client.get(f"/devices?version={2**63}").status_code == 400
+    assert client.get("/devices?version=abc").status_code == 400
+    assert client.get("/devices?status=nonsense").status_code == 200  # no device has it: an empty page
+    assert client.get("/devices/%3Cscript%3E").status_code == 404

@@ -11,11 +11,11 @@ session and checked here. Actions call the same core services as the REST API.
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import urllib.parse
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -25,9 +25,12 @@ from ...core.rollouts import Action
 from ...core.security import DashboardSession
 from ...core.services import Services
 from ...errors import OtaServerError
+from .. import schemas
 from ..deps import services_of
 
 router = APIRouter(include_in_schema=False)
+RolloutId = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
+Version = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 COOKIE = "ota_session"
 SESSION_SECONDS = 12 * 3600
 PAGE_SIZE = 50
@@ -43,7 +46,7 @@ HEADERS = {
 }
 
 templates = Environment(
-    loader=FileSystemLoader(Path(__file__).resolve().parent.parent / "templates"),
+    loader=FileSystemLoader(pathlib.Path(__file__).resolve().parent.parent / "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -183,7 +186,7 @@ async def rollouts_page(request: Request) -> Response:
 
 
 @router.get("/rollouts/{rollout_id}")
-async def rollout_page(request: Request, rollout_id: int, done: str | None = None) -> Response:
+async def rollout_page(request: Request, rollout_id: RolloutId, done: str | None = None) -> Response:
     session = current_session(request)
     if session is None:
         return to_sign_in(request)
@@ -198,7 +201,7 @@ async def rollout_page(request: Request, rollout_id: int, done: str | None = Non
 
 
 @router.post("/rollouts/{rollout_id}/{action}")
-async def rollout_action(request: Request, rollout_id: int, action: str) -> Response:
+async def rollout_action(request: Request, rollout_id: RolloutId, action: str) -> Response:
     session = current_session(request)
     if session is None:
         return to_sign_in(request)
@@ -265,6 +268,8 @@ async def devices_page(request: Request) -> Response:
     services = services_of(request)
     try:
         version = int(version_text) if version_text else None
+        if version is not None and not 0 <= version <= schemas.MAX_INT:
+            raise ValueError(f"version {version} is out of range")
         page = await run_in_threadpool(
             lambda: services.fleet.list_devices(
                 model=model,
@@ -315,7 +320,7 @@ async def models_page(request: Request, done: str | None = None) -> Response:
 
 
 @router.post("/models/{model}/versions/{version}/revoke")
-async def revoke(request: Request, model: str, version: int) -> Response:
+async def revoke(request: Request, model: str, version: Version) -> Response:
     session = current_session(request)
     if session is None:
         return to_sign_in(request)
