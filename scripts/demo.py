@@ -377,6 +377,7 @@ def main() -> int:
             return 0 if ok else 1
         print(f"\nStill running: server {url} (admin token {admin}), device {predict}/status.")
         print(f"Try: curl -s -H 'Authorization: Bearer {admin}' {url}/v1/rollouts/{v3['id']}")
+        print(f"Ops dashboard: open {url}/ and sign in with the admin token {admin}")
         print("Press Ctrl-C to stop every process the demo started.", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0 if ok else 1
@@ -461,6 +462,7 @@ def _summary(work: Path, api: Api, load: PredictLoad, fleet_report: Path, elapse
         f"predict load    {load.ok:,} requests answered, failed requests = {load.failed}, "
         f"versions seen {sorted(load.versions)}",
         f"server          {api.url}   (API docs at {api.url}/docs)",
+        f"dashboard       {api.url}/   (sign in with the admin token {api.headers["Authorization"].removeprefix("Bearer ")})",
         f"total time      {elapsed:.0f} s",
     ]
     fleet_ok = bool(report.get("ok", False))

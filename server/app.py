@@ -25,7 +25,7 @@ from .api.problems import (
     document_problems,
     install_problem_handlers,
 )
-from .api.routes import blobs, device, devices, docs, ops, registry, rollouts
+from .api.routes import blobs, dashboard, device, devices, docs, ops, registry, rollouts
 from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
@@ -81,7 +81,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
     document_problems(app)
-    for module in (device, blobs, ops, registry, devices, rollouts, docs):  # hot routes first: FastAPI matches in order
+    hot_first = (device, blobs, ops, registry, devices, rollouts, docs, dashboard)  # FastAPI matches in order
+    for module in hot_first:
         app.include_router(module.router)
     # Added innermost first: an unexpected exception is caught before anything else sees it, and
     # every answer — a 413 from BodyLimit, a 400 for an untrusted Host — gets the security headers

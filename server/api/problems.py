@@ -295,7 +295,8 @@ SECURITY_HEADERS = (
 
 
 class SecurityHeaders:
-    """ASGI middleware: the same security headers on every response (a tuple appended: no per-request work)."""
+    """ASGI middleware: the security headers on every response, unless the route set its own (the
+    dashboard's pages carry a stricter policy of their own); a header is never sent twice."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -307,7 +308,9 @@ class SecurityHeaders:
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *SECURITY_HEADERS]
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = headers + [h for h in SECURITY_HEADERS if h[0] not in present]
             await send(message)
 
         await self.app(scope, receive, with_headers)

@@ -23,6 +23,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -75,6 +76,8 @@ class Signer:
         master = secret_key.encode("utf-8")
         self._device_key = hmac.new(master, b"ota device token v1", hashlib.sha256).digest()
         self._url_key = hmac.new(master, b"ota download url v1", hashlib.sha256).digest()
+        self._session_key = hmac.new(master, b"ota dashboard session v1", hashlib.sha256).digest()
+        self._csrf_key = hmac.new(master, b"ota dashboard csrf v1", hashlib.sha256).digest()
 
     # -- device tokens -------------------------------------------------------------------------
 
@@ -118,3 +121,41 @@ class Signer:
         if expires < (time.time() if now is None else now):
             return False
         return hmac.compare_digest(sig.encode("ascii", "replace"), self.url_signature(sha256, expires).encode("ascii"))
+
+    # -- dashboard sessions --------------------------------------------------------------------
+
+    def session_cookie(self, admin: str, *, ttl: int, now: float | None = None) -> str:
+        """A signed dashboard session: a random id, the admin's name and an expiry (no server-side state)."""
+        expires = int(time.time() if now is None else now) + ttl
+        body = json.dumps({"sid": secrets.token_hex(16), "admin": admin, "exp": expires}).encode("utf-8")
+        return f"{_b64(body)}.{_b64(hmac.digest(self._session_key, body, 'sha256'))}"
+
+    def read_session_cookie(self, cookie: str, *, now: float | None = None) -> DashboardSession | None:
+        """The session a cookie names if its MAC verifies and it has not expired; None for anything else."""
+        if len(cookie) > 1024:
+            return None
+        body_text, _, mac_text = cookie.partition(".")
+        try:
+            body, mac = _unb64(body_text), _unb64(mac_text)
+        except (binascii.Error, ValueError):
+            return None
+        if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, hmac.digest(self._session_key, body, "sha256")):
+            return None
+        data = json.loads(body)  # we signed it: well-formed by construction
+        if data["exp"] <= (time.time() if now is None else now):
+            return None
+        return DashboardSession(sid=data["sid"], admin=data["admin"], expires=data["exp"])
+
+    def csrf_token(self, sid: str) -> str:
+        """The token every state-changing dashboard form carries: bound to the session, useless without it."""
+        return _b64(hmac.digest(self._csrf_key, sid.encode("ascii"), "sha256"))
+
+    def check_csrf(self, sid: str, token: str) -> bool:
+        return hmac.compare_digest(token.encode("ascii", "replace"), self.csrf_token(sid).encode("ascii"))
+
+
+@dataclass(frozen=True, slots=True)
+class DashboardSession:
+    sid: str
+    admin: str
+    expires: int

@@ -16,6 +16,7 @@ from ..errors import ConfigurationError
 from ..observability import AccessLog, Metrics
 from ..storage import Storage, open_storage
 from .auth import Authenticator
+from .dashboard import Dashboard
 from .deltas import DeltaService
 from .fleet import Fleet
 from .offers import Offers
@@ -44,6 +45,7 @@ class Services:
     fleet: Fleet
     auth: Authenticator
     rollouts: RolloutService
+    dashboard: Dashboard
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -114,4 +116,5 @@ def build_services(settings: Settings) -> Services:
         fleet=Fleet(db, signer, on_events=rollouts.record_events),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
         rollouts=rollouts,
+        dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
     )

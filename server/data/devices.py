@@ -166,3 +166,12 @@ def fleet_counts(session: Session) -> tuple[list[tuple[str, int | None, int]], l
         .order_by(Device.model_name, Device.status)
     )
     return [(m, v, n) for m, v, n in by_version], [(m, s, n) for m, s, n in by_status]
+
+
+def stale_counts(session: Session, *, seen_before: datetime) -> dict[str, int]:
+    """Devices per model not seen since `seen_before` (never-seen devices count from their enrollment)."""
+    last = func.coalesce(Device.last_seen_at, Device.enrolled_at)
+    rows = session.execute(
+        select(Device.model_name, func.count()).where(last < seen_before).group_by(Device.model_name)
+    )
+    return {m: n for m, n in rows}
