@@ -95,10 +95,12 @@ def test_free_space_is_checked_against_the_offer_before_downloading(
     device_dir: Path, start_agent: Callable[..., AgentThread], fault_server: FakeServer
 ) -> None:
     disk = Disk()
+    # Less than the rest of v3's payload plus its slot: not a byte is fetched. Full before the agent
+    # starts, as the prepared directory's v3 download resumes at once.
+    disk.fill(4096, match="downloads")
+    fetched = len(fault_server.requests)
     agent = start_agent(device_dir, disk=disk)
     agent.wait_version(2)
-    disk.fill(4096, match="downloads")  # less than v3's payload plus its slot: not a byte is fetched
-    fetched = len(fault_server.requests)
     fault_server.target = 3
     _no_space_reported(fault_server, 3)
     assert not [p for m, p, h in fault_server.requests[fetched:] if p.startswith("/v1/blobs/")]
