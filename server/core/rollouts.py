@@ -1,12 +1,13 @@
-"""Staged rollouts, the service: the poll's offers, the evaluation loop, transitions, device events.
+"""Staged rollouts, the service: the evaluation loop, transitions, device events.
 
 The policy — cohorts, the specification, counting, gates and verdicts — is pure arithmetic in
 :mod:`server.core.rollout_policy`; this module reads what it needs, asks the policy, and applies
 the answer. A version reaches devices only through a rollout; outside rollouts a device is offered
 its model's *baseline* (the version of the last completed rollout).
 
-- **Offers** (:func:`choose_offer`, :class:`OfferBuffer`): the poll decides in memory from the
-  registry view's snapshot; "offered" is buffered and written in batches, insert-if-absent.
+- **Offers** (:func:`choose_offer`, :class:`OfferBuffer`, in :mod:`server.core.rollout_offers` and
+  re-exported here): the poll decides in memory from the registry view's snapshot; "offered" is
+  buffered and written in batches, insert-if-absent.
 - **Evaluation** (:meth:`RolloutService.evaluate_once`, :meth:`RolloutService.run`): every process
   judges every active rollout every ``OTA_ROLLOUT_EVAL_SECONDS``, from ``rollout_devices`` and the
   running sums in ``rollout_metrics``.
@@ -26,14 +27,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
 
 from starlette.concurrency import run_in_threadpool
 
 from ..data import registry as registry_data
 from ..data import rollouts as data
-from ..data.registry import Head
 from ..data.rollouts import Session
 from ..db.models import Rollout
 from ..db.session import Database, utcnow
@@ -49,6 +49,7 @@ from ..errors import (
 )
 from ..observability import Metrics
 from .deltas import DeltaService
+from .rollout_offers import Choice, OfferBuffer, PollRollout, choose_offer, poll_rollouts
 from .rollout_policy import (
     ABORTED,
     COMPLETED,
@@ -65,14 +66,12 @@ from .rollout_policy import (
     bucket,
     count_stages,
     decide,
-    in_stage,
     judge_gates,
     plain_number,
     plan_action,
     selector_matches,
     stage_state,
 )
-from .seen import flush_forever
 
 __all__ = [
     "Action",
@@ -91,130 +90,6 @@ __all__ = [
 log = logging.getLogger("ota.rollouts")
 
 SYSTEM = "system"
-
-
-# -- cohorts and the poll -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PollRollout:
-    """What the poll needs of an offering rollout: loaded with the registry view, never per request."""
-
-    rollout_id: int
-    head: Head  # the rollout's version
-    stage: int
-    percent: float
-    members: frozenset[int] | None  # devices matching a non-empty selector; None: every device of the model
-
-    def includes(self, device_pk: int, device_id: str) -> bool:
-        if self.members is not None and device_pk not in self.members:
-            return False
-        return in_stage(bucket(self.rollout_id, device_id), self.percent)
-
-
-def poll_rollouts(session: Session) -> dict[str, PollRollout]:
-    """Every offering rollout by model name: one query, plus one per rollout with a selector."""
-    out: dict[str, PollRollout] = {}
-    for active in data.active_rollouts(session):
-        r = active.rollout
-        if r.state not in OFFERING or active.revoked:
-            continue
-        spec = RolloutSpec.from_json(r.spec)
-        members = None
-        if spec.selector:
-            devices = data.model_devices(session, model_name=active.model, selector=spec.selector)
-            members = frozenset(pk for pk, _ in devices)
-        head = Head(active.model, r.model_id, active.version_id, r.version)
-        out[active.model] = PollRollout(r.id, head, r.stage, spec.stages[r.stage].percent, members)
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class Choice:
-    head: Head | None  # what to offer; None: 204
-    rollout: PollRollout | None = None  # set when the device is in the rollout's current cohort
-    installed: bool = False  # …and already runs its version
-
-
-def choose_offer(
-    *,
-    device_pk: int,
-    device_id: str,
-    current: int | None,
-    baseline: Head | None,
-    rollout: PollRollout | None,
-) -> Choice:
-    """The rollout's version for a device in its current cohort, else the baseline if newer, else nothing."""
-    if rollout is not None and rollout.includes(device_pk, device_id):
-        if current is None or current < rollout.head.version:
-            return Choice(rollout.head, rollout)
-        return Choice(None, rollout, installed=current == rollout.head.version)
-    if baseline is not None and (current is None or baseline.version > current):
-        return Choice(baseline)
-    return Choice(None)
-
-
-class OfferBuffer:
-    """ "Offered" records from polls, written in batches like last-seen (no database write on the poll).
-
-    The first offer per (rollout, device) is kept with its time and stage; a flush inserts the
-    batch, skipping devices that already have a row (another process may have written it).
-    """
-
-    KEEP_ROLLOUTS = 16
-
-    def __init__(self, db: Database, *, interval: float) -> None:
-        self.db = db
-        self.interval = interval
-        self._pending: dict[tuple[int, int], tuple[int, datetime, bool]] = {}
-        self._written: dict[int, set[int]] = {}  # rollout id → device pks known to have a row
-        self._lock = threading.Lock()
-
-    def note(self, choice: Choice, device_pk: int) -> None:
-        r = choice.rollout
-        if r is None:
-            return
-        written = self._written.get(r.rollout_id)
-        if written is not None and device_pk in written:
-            return
-        key = (r.rollout_id, device_pk)
-        if key not in self._pending:
-            with self._lock:
-                self._pending.setdefault(key, (r.stage, datetime.now(UTC), choice.installed))
-
-    def flush(self) -> int:
-        with self._lock:
-            batch, self._pending = self._pending, {}
-        if not batch:
-            return 0
-        rows = [
-            {
-                "rollout_id": rid,
-                "device_pk": pk,
-                "stage": stage,
-                "offered_at": at,
-                "installed_at": at if installed else None,
-            }
-            for (rid, pk), (stage, at, installed) in sorted(batch.items())
-        ]
-        try:
-            with self.db.session() as session:
-                data.record_offers(session, rows=rows)
-                session.commit()
-        except DatabaseUnavailableError:
-            with self._lock:
-                for key, value in batch.items():
-                    self._pending.setdefault(key, value)
-            raise
-        with self._lock:
-            for rid, pk in batch:
-                self._written.setdefault(rid, set()).add(pk)
-            while len(self._written) > self.KEEP_ROLLOUTS:
-                del self._written[min(self._written)]
-        return len(batch)
-
-    async def run(self) -> None:
-        await flush_forever(self.flush, self.interval, "offer")
 
 
 # -- what an admin reads ------------------------------------------------------------------------

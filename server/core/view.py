@@ -31,7 +31,7 @@ from ..data import registry as registry_data
 from ..data.registry import Head
 from ..db.session import Database
 from ..errors import DatabaseUnavailableError
-from .rollouts import PollRollout, poll_rollouts
+from .rollout_offers import PollRollout, poll_rollouts
 
 log = logging.getLogger("ota.registry")
 

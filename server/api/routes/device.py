@@ -2,9 +2,10 @@
 
 The poll is the hottest path of the server. It authenticates without a database round trip (a
 signed token and the in-memory revocation list), decides between the model's rollout and its
-baseline from the in-memory registry view (:func:`server.core.rollouts.choose_offer`), and records
-last-seen and rollout offers in batches (:mod:`server.core.seen`, :class:`server.core.rollouts.OfferBuffer`):
-when the device is current, it touches no database and no storage at all.
+baseline from the in-memory registry view (:func:`server.core.rollout_offers.choose_offer`), and
+records last-seen and rollout offers in batches (:mod:`server.core.seen`,
+:class:`server.core.rollout_offers.OfferBuffer`): when the device is current, it touches no
+database and no storage at all.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...core.offers import etag_matches
-from ...core.rollouts import choose_offer
+from ...core.rollout_offers import choose_offer
 from .. import schemas
 from ..deps import AuthFirstRoute, DeviceDep, EnrolledDeviceDep, EnrollmentDep, ServicesDep, services_of
 
