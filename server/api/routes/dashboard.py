@@ -98,6 +98,21 @@ def csrf_refused(request: Request, session: DashboardSession) -> Response:
     )
 
 
+async def action_form(request: Request) -> tuple[DashboardSession, str] | Response:
+    """An action form's session and its reason (trimmed, at most 500 characters), or the answer that refuses it.
+
+    Without a session: to sign in; without this session's CSRF token: 403. The reason may be empty:
+    each action says itself that it needs one.
+    """
+    session = current_session(request)
+    if session is None:
+        return to_sign_in(request)
+    form = await checked_form(request, session)
+    if form is None:
+        return csrf_refused(request, session)
+    return session, form.get("reason", "").strip()[:500]
+
+
 # -- sign-in ------------------------------------------------------------------------------------
 
 
@@ -202,16 +217,13 @@ async def rollout_page(request: Request, rollout_id: RolloutId, done: str | None
 
 @router.post("/rollouts/{rollout_id}/{action}")
 async def rollout_action(request: Request, rollout_id: RolloutId, action: str) -> Response:
-    session = current_session(request)
-    if session is None:
-        return to_sign_in(request)
-    form = await checked_form(request, session)
-    if form is None:
-        return csrf_refused(request, session)
+    checked = await action_form(request)
+    if isinstance(checked, Response):
+        return checked
+    session, reason = checked
     services = services_of(request)
     if action not in ACTIONS:
         return render("message.html", request, session, status=404, title="Rollout", message="No such action.")
-    reason = form.get("reason", "").strip()[:500]
     if not reason:
         counted = await run_in_threadpool(services.dashboard.rollout, rollout_id)
         return render(
@@ -321,14 +333,11 @@ async def models_page(request: Request, done: str | None = None) -> Response:
 
 @router.post("/models/{model}/versions/{version}/revoke")
 async def revoke(request: Request, model: str, version: Version) -> Response:
-    session = current_session(request)
-    if session is None:
-        return to_sign_in(request)
-    form = await checked_form(request, session)
-    if form is None:
-        return csrf_refused(request, session)
+    checked = await action_form(request)
+    if isinstance(checked, Response):
+        return checked
+    session, reason = checked
     services = services_of(request)
-    reason = form.get("reason", "").strip()[:500]
     error = None if reason else "Give a reason."
     if reason:
         try:
