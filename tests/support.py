@@ -1,4 +1,5 @@
-"""What every test package builds on: a tiny real ONNX classifier, its manifest fields, and waiting.
+"""What every test package builds on: a tiny real ONNX classifier, its manifest fields, waiting, and
+a real `python -m server serve` process.
 
 The fixtures that go with these (`signing_key`, `other_key`) are in ``tests/conftest.py``; each
 package's conftest adds what only it needs (the server's backends, the agent's fake server).
@@ -6,12 +7,18 @@ package's conftest adds what only it needs (the server's backends, the agent's f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -107,3 +114,47 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server_process(env: Mapping[str, str], *, cwd: Path, log: Path, args: Sequence[str] = ()) -> Iterator[str]:
+    """A real `python -m server serve [args]` on a free loopback port; yields its base URL once ready.
+
+    Ready means `/readyz` answered 200 (the migrations ran); a server that exits before, or is not
+    ready within 60 s, fails the test with its log. Its stdout and stderr go to `log`, complete once
+    the block is left: the server is stopped (SIGTERM) and waited for. It runs in its own session so
+    that a `--workers` supervisor and its workers stop together.
+    """
+    port = free_port()
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(port), *args],
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"server did not become ready: {log.read_text()}"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

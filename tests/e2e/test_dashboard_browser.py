@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +24,8 @@ import pytest
 
 import artifact as A
 from tests.server import helpers
-from tests.server.conftest import ENROLLMENT_SECRET, free_port
+from tests.server.conftest import ENROLLMENT_SECRET
+from tests.support import server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "dashboard"
@@ -51,7 +50,6 @@ def _missing() -> str | None:
 def server(tmp_path: Path) -> Iterator[tuple[str, A.SigningKey]]:
     key = A.generate_key()
     A.save_public_key(key, tmp_path / "pub.pem")
-    port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(ROOT),
@@ -64,30 +62,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, A.SigningKey]]:
         "OTA_CACHE_SECONDS": "0.1",
         "OTA_LOG_LEVEL": "WARNING",
     }
-    log = tmp_path / "server.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server", "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+    with server_process(env, cwd=tmp_path, log=tmp_path / "server.log") as base:
         yield base, key
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture()

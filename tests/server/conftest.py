@@ -16,7 +16,6 @@ import contextlib
 import logging
 import os
 import shutil
-import socket
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -35,18 +34,13 @@ import artifact as A
 from bench._common import private_pg_schema  # shared with the poll benchmark
 from server import Settings, create_app, upgrade
 from server.db.models import Base
+from tests.support import free_port
 
 from . import helpers
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 ENROLLMENT_SECRET = "test-enrollment-secret-0123456789"
 BACKENDS = ["sqlite-file", "postgresql-s3", "postgresql-file", "sqlite-s3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import artifact as A
 from bench._common import private_pg_schema
 from server.db.migrate import alembic_config, upgrade
 from server.db.models import Base
+from tests.support import free_port, server_process
 
 from . import helpers
-from .conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 OTA_SERVER = [sys.executable, "-m", "server"]
@@ -106,27 +105,7 @@ def test_serve_migrates_serves_and_accepts_minted_tokens(empty_db: str, tmp_path
     assert run_cli("create-token", "--name", "ci", env=env, cwd=tmp_path).returncode == 1  # names are unique
     assert "ci\t" in run_cli("list-tokens", env=env, cwd=tmp_path).stdout
 
-    port = free_port()
-    server = subprocess.Popen(
-        [*OTA_SERVER, "serve", "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.communicate()[1]
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
+    with server_process(env, cwd=tmp_path, log=tmp_path / "server.log") as base:
         auth = {"Authorization": f"Bearer {token}"}
         r = httpx.post(
             f"{base}/v1/models/shapes/versions",
@@ -138,9 +117,7 @@ def test_serve_migrates_serves_and_accepts_minted_tokens(empty_db: str, tmp_path
         assert r.json()["published_by"] == "ci"
         assert run_cli("revoke-token", "--name", "ci", env=env, cwd=tmp_path).returncode == 0
         assert httpx.get(f"{base}/v1/models", headers=auth, timeout=5).status_code == 401
-    finally:
-        server.terminate()
-        _, stderr = server.communicate(timeout=30)
+    stderr = (tmp_path / "server.log").read_text()  # the server has stopped: its log is complete
     lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     access = [(x["method"], x["path"], x["status"], x["admin"]) for x in lines if x["logger"] == "ota.access"]
     assert ("POST", "/v1/models/shapes/versions", 201, "ci") in access, stderr  # flushed at shutdown

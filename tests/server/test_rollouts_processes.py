@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,9 +24,10 @@ from sqlalchemy import create_engine, select
 import artifact as A
 from bench._common import private_pg_schema
 from server.db.models import RolloutDevice
+from tests.support import server_process
 
 from . import helpers
-from .conftest import ENROLLMENT_SECRET, free_port
+from .conftest import ENROLLMENT_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -59,39 +58,12 @@ def serving(tmp_path: Path, *argvs: list[str]) -> Iterator[tuple[list[str], str,
             "OTA_ROLLOUT_EVAL_SECONDS": "0.05",
             "OTA_LOG_LEVEL": "WARNING",
         }
-        procs, bases, logs = [], [], []
-        for i, argv in enumerate(argvs):
-            port = free_port()
-            logs.append(tmp_path / f"server-{i}.log")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "server", "serve", "--port", str(port), *argv],
-                    env=env,
-                    cwd=tmp_path,
-                    stdout=logs[-1].open("w"),
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # --workers: stop the supervisor and its workers together
-                )
-            )
-            bases.append(f"http://127.0.0.1:{port}")
-        try:
-            for proc, base, log in zip(procs, bases, logs, strict=True):
-                deadline = time.monotonic() + 60
-                while True:
-                    try:
-                        if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert proc.poll() is None, log.read_text()
-                    assert time.monotonic() < deadline, "server did not become ready"
-                    time.sleep(0.1)
+        with contextlib.ExitStack() as stack:
+            bases = [
+                stack.enter_context(server_process(env, cwd=tmp_path, log=tmp_path / f"server-{i}.log", args=argv))
+                for i, argv in enumerate(argvs)
+            ]
             yield bases, url, key
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=30)
 
 
 @pytest.fixture()
