@@ -18,30 +18,11 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from ..errors import BadRequestError, StorageUnavailableError
+from ..storage.leftovers import is_leftover
 from .problems import BODY_LIMIT_KEY
 
 PREFIX = "ota-upload-"
-STALE_SECONDS = 86400.0
 log = logging.getLogger("ota.uploads")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def is_leftover(name: str, mtime: float, *, now: float) -> bool:
-    """A temporary file named `….PID…` whose process is gone (or that is older than a day)."""
-    if now - mtime > STALE_SECONDS:
-        return True
-    digits = "".join(c if c.isdigit() else " " for c in name).split()
-    pid = int(digits[0]) if digits else 0
-    return pid != os.getpid() and 0 < pid < 2**22 and not _pid_alive(pid)
 
 
 def sweep_spool(directory: Path) -> int:
@@ -59,7 +40,8 @@ def sweep_spool(directory: Path) -> int:
         if not entry.name.startswith(PREFIX) or not entry.is_file(follow_symlinks=False):
             continue
         try:
-            if is_leftover(entry.name[len(PREFIX) :], entry.stat().st_mtime, now=now):
+            pid_text = entry.name[len(PREFIX) :].split("-", 1)[0]
+            if is_leftover(pid_text, entry.stat().st_mtime, now=now):
                 os.unlink(entry.path)
                 removed += 1
         except OSError as e:

@@ -20,24 +20,9 @@ from artifact import write_atomic
 
 from ..errors import BlobNotFoundError, StorageUnavailableError
 from .base import CHUNK, Storage, is_sha256, sha256_of
+from .leftovers import is_leftover
 
 log = logging.getLogger("ota.storage")
-_STALE_SECONDS = 86400.0
-
-
-def _is_leftover(pid_text: str, mtime: float, now: float) -> bool:
-    """A writer's temporary file whose process is gone (or that is older than a day)."""
-    if now - mtime > _STALE_SECONDS:
-        return True
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError, ValueError):
-        return False
-    return False
 
 
 class FileStorage(Storage):
@@ -126,7 +111,8 @@ class FileStorage(Storage):
         now = time.time()
         for tmp in self.root.glob("??/.*.tmp"):
             try:
-                if _is_leftover(tmp.name.split(".")[2] if tmp.name.count(".") >= 3 else "", tmp.stat().st_mtime, now):
+                pid_text = tmp.name.split(".")[2] if tmp.name.count(".") >= 3 else ""
+                if is_leftover(pid_text, tmp.stat().st_mtime, now=now):
                     tmp.unlink()
                     removed += 1
             except OSError as e:
