@@ -83,24 +83,29 @@ def server() -> Iterator[FakeServer]:
         yield fake
 
 
+def agent_config(server: FakeServer, key: A.SigningKey, model_dir: Path, **overrides: Any) -> AgentConfig:
+    """An agent of `server` that trusts `key`, tuned for tests: polls, backs off and reports fast."""
+    config = AgentConfig(
+        server=server.url,
+        model=MODEL,
+        model_dir=model_dir,
+        trust=A.TrustPolicy.of([key.verify_key]),
+        enroll_secret=SECRET,
+        poll_interval=0.05,
+        force_poll_interval=True,
+        backoff_base=0.05,
+        backoff_max=0.4,
+        metrics_interval=0.3,
+        threads=1,
+        http_timeout=5.0,
+    )
+    return replace(config, **overrides)
+
+
 @pytest.fixture()
 def make_config(tmp_path: Path, key: A.SigningKey, server: FakeServer) -> Callable[..., AgentConfig]:
     def build(**overrides: Any) -> AgentConfig:
-        config = AgentConfig(
-            server=server.url,
-            model=MODEL,
-            model_dir=tmp_path / "device",
-            trust=A.TrustPolicy.of([key.verify_key]),
-            enroll_secret=SECRET,
-            poll_interval=0.05,
-            force_poll_interval=True,
-            backoff_base=0.05,
-            backoff_max=0.4,
-            metrics_interval=0.3,
-            threads=1,
-            http_timeout=5.0,
-        )
-        return replace(config, **overrides)
+        return agent_config(server, key, tmp_path / "device", **overrides)
 
     return build
 

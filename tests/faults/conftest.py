@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,12 @@ import artifact as A
 from device_agent import AgentConfig
 from device_agent.fsutil import Disk
 from tests.device_agent.conftest import AgentThread
-from tests.device_agent.fakeserver import SECRET, FakeServer
-from tests.device_agent.models import MODEL, Release, make_release
+from tests.device_agent.conftest import agent_config as device_agent_config
+from tests.device_agent.fakeserver import FakeServer
+from tests.device_agent.models import Release, make_release
 from tests.support import wait_for
 
+FAULT_SETTINGS: dict[str, Any] = {"durable": False, "backoff_max": 0.3, "metrics_interval": 0.2}
 CORRUPTIONS = ("truncated", "bit_flipped", "random_bytes", "wrong_json_type", "deleted")
 
 
@@ -63,22 +64,8 @@ def fault_server(big_releases: dict[int, Release]) -> Iterator[FakeServer]:
 
 
 def agent_config(server: FakeServer, key: A.SigningKey, model_dir: Path, **overrides: Any) -> AgentConfig:
-    config = AgentConfig(
-        server=server.url,
-        model=MODEL,
-        model_dir=model_dir,
-        trust=A.TrustPolicy.of([key.verify_key]),
-        enroll_secret=SECRET,
-        poll_interval=0.05,
-        force_poll_interval=True,
-        backoff_base=0.05,
-        backoff_max=0.3,
-        metrics_interval=0.2,
-        threads=1,
-        http_timeout=5.0,
-        durable=False,
-    )
-    return replace(config, **overrides)
+    """tests/device_agent's agent configuration, without fsync (dozens of faults stay fast)."""
+    return device_agent_config(server, key, model_dir, **{**FAULT_SETTINGS, **overrides})
 
 
 @pytest.fixture(scope="module")
