@@ -246,6 +246,9 @@ class StageCounts(BaseModel):
     offered: int
     installed: int
     failed: int = Field(description="failed or rolled_back events, or no install within install_timeout_seconds")
+    device_faults: int = Field(
+        description="reported they cannot install now (reason no_space or read_only): not failed, not decided"
+    )
     pending: int
     not_reached: int = Field(description="in the cohort, never offered (has not polled since)")
 

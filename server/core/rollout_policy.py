@@ -11,8 +11,9 @@ time), so that it is judged the same in every server process and tested without 
 - **The specification** (:class:`RolloutSpec`, :func:`spec_problem`): what the operator asked for,
   stored as JSON with the rollout; the rules the API's schema enforces on it.
 - **Counting** (:func:`count_stages`): per stage cohort: offered, installed, failed (a
-  ``failed``/``rolled_back`` event, or no install within the timeout), pending, not reached.
-  Rates use decided devices only (installed + failed).
+  ``failed``/``rolled_back`` event, or no install within the timeout), device faults (a
+  ``failed`` whose reason is the device's own, :data:`DEVICE_FAULTS`: neither failed nor timed
+  out), pending, not reached. Rates use decided devices only (installed + failed).
 - **Gates** (:func:`judge_gates`): from the per-version running sums of the agents' metrics.
 - **Verdicts** (:func:`decide`, :func:`plan_action`): halt, advance (or wait), complete — missing
   data never advances; an admin's action as the transition it asks for.
@@ -32,6 +33,9 @@ from ..errors import RolloutTransitionError
 RUNNING, WAITING, PAUSED, COMPLETED, ABORTED = "running", "waiting", "paused", "completed", "aborted"
 OFFERING = (RUNNING, WAITING)  # paused, aborted and completed rollouts offer nothing new
 VALIDATION_FAILED = "validation_failed"  # the agent's reason code for a golden-set refusal (device_agent.policy)
+# The agent's reasons for a `failed` it sends when the *device* cannot install now (device_agent.machine
+# `_report_once`): a full disk, a read-only model directory. They say nothing about the version.
+DEVICE_FAULTS = frozenset({"no_space", "read_only"})
 GATE_BOUNDS = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
 Action = Literal["pause", "resume", "abort", "advance"]
 
@@ -152,6 +156,8 @@ class OfferRow(Protocol):
     def installed_at(self) -> datetime | None: ...
     @property
     def failed_at(self) -> datetime | None: ...
+    @property
+    def reason(self) -> str | None: ...
 
 
 class MetricSums(Protocol):
@@ -173,10 +179,11 @@ class Counts:
     offered: int
     installed: int
     failed: int
+    device_faults: int = 0  # reported they cannot install now (DEVICE_FAULTS): not decided, not failed
 
     @property
     def pending(self) -> int:
-        return self.offered - self.installed - self.failed
+        return self.offered - self.installed - self.failed - self.device_faults
 
     @property
     def not_reached(self) -> int:
@@ -195,7 +202,7 @@ def count_stages(
     by_pk = {r.device_pk: r for r in rows}
     out = []
     for stage in spec.stages:
-        cohort = offered = installed = failed = 0
+        cohort = offered = installed = failed = faults = 0
         for pk, b in buckets.items():
             if not in_stage(b, stage.percent):
                 continue
@@ -205,12 +212,15 @@ def count_stages(
                 continue
             offered += 1
             if row.failed_at is not None and (row.installed_at is None or row.failed_at >= row.installed_at):
-                failed += 1  # refused it, or rolled back from it after installing: no longer runs it
+                if row.reason in DEVICE_FAULTS:
+                    faults += 1  # cannot install now (full disk, read-only): the version is not to blame
+                else:
+                    failed += 1  # refused it, or rolled back from it after installing: no longer runs it
             elif row.installed_at is not None:
                 installed += 1  # (a retry that installed after an earlier failure counts as installed)
             elif row.offered_at + timeout <= now:
                 failed += 1
-        out.append(Counts(cohort, offered, installed, failed))
+        out.append(Counts(cohort, offered, installed, failed, faults))
     return out
 
 
@@ -301,9 +311,12 @@ def decide(
 
     Halting is judged in `waiting` too (a bad canary stops even while it waits for an operator);
     advancing only in `running`. A cohort smaller than `min_devices` is judged once all of it has
-    decided — otherwise a small fleet could neither halt nor advance.
+    decided — otherwise a small fleet could neither halt nor advance. Devices that reported a
+    device fault cannot decide, so they are left out of "all of it"; yet a cohort in which every
+    device has one decides nothing, and waits.
     """
-    required = min(spec.min_devices, counts.cohort)
+    able = counts.cohort - counts.device_faults
+    required = min(spec.min_devices, able if able > 0 or counts.cohort == 0 else 1)
     decided = counts.decided
     where = f"stage {stage + 1} of {len(spec.stages)} ({plain_number(spec.stages[stage].percent)} %)"
     if decided > 0 and decided >= required and counts.failed / decided > spec.failure_threshold:
@@ -329,6 +342,8 @@ def decide(
     if any(g.status != "pass" for g in gates):
         return None
     summary = f"{where} passed: {counts.installed} installed, {counts.failed} failed of {counts.cohort}"
+    if counts.device_faults:
+        summary += f" ({counts.device_faults} with a device fault: full disk or read-only)"
     if stage == len(spec.stages) - 1:
         return Decision("completed", COMPLETED, stage, None, summary)
     if spec.auto_advance:

@@ -53,6 +53,7 @@ from .rollout_offers import Choice, OfferBuffer, PollRollout, choose_offer, poll
 from .rollout_policy import (
     ABORTED,
     COMPLETED,
+    DEVICE_FAULTS,
     OFFERING,
     RUNNING,
     VALIDATION_FAILED,
@@ -395,7 +396,8 @@ class RolloutService:
         """Fold a device's events into its model's rollouts (in the caller's transaction).
 
         `installed` of a rollout's version marks the device installed, `failed` or `rolled_back`
-        away from it marks it failed (a golden-set refusal also counts for `validation_failures`):
+        away from it marks it failed (a golden-set refusal also counts for `validation_failures`;
+        a device fault — full disk, read-only directory — is kept apart and counts for nothing):
         in the active rollout, and also in a completed one, so that its counts show the fleet
         converging after the version became the baseline. `metrics` of the active rollout's
         version or of its baseline, from a device its selector matches, add to that version's sums.
@@ -412,7 +414,13 @@ class RolloutService:
                 if r is None:
                     continue
                 first = data.mark_failed(
-                    session, rollout_id=r.id, device_pk=device_pk, stage=r.stage, at=now, reason=e.reason
+                    session,
+                    rollout_id=r.id,
+                    device_pk=device_pk,
+                    stage=r.stage,
+                    at=now,
+                    reason=e.reason,
+                    replaces=DEVICE_FAULTS,  # the device's own fault passed; what it reports now counts
                 )
                 if first and e.reason == VALIDATION_FAILED:
                     data.add_metrics(session, rollout_id=r.id, version=r.version, validation_failures=1)

@@ -9,12 +9,12 @@ its violation is translated here into :class:`RolloutActiveError`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session as Session  # re-exported: core annotates with it without importing sqlalchemy
 from sqlalchemy.orm import aliased
@@ -53,6 +53,7 @@ class DeviceRow:
     offered_at: datetime
     installed_at: datetime | None
     failed_at: datetime | None
+    reason: str | None
 
 
 def create_rollout(session: Session, *, rollout: Rollout) -> Rollout:
@@ -186,10 +187,14 @@ def device_labels(session: Session, *, device_pk: int) -> dict[str, str]:
 def device_rows(session: Session, *, rollout_id: int) -> list[DeviceRow]:
     rows = session.execute(
         select(
-            RolloutDevice.device_pk, RolloutDevice.offered_at, RolloutDevice.installed_at, RolloutDevice.failed_at
+            RolloutDevice.device_pk,
+            RolloutDevice.offered_at,
+            RolloutDevice.installed_at,
+            RolloutDevice.failed_at,
+            RolloutDevice.reason,
         ).where(RolloutDevice.rollout_id == rollout_id)
     )
-    return [DeviceRow(pk, offered, installed, failed) for pk, offered, installed, failed in rows]
+    return [DeviceRow(*row) for row in rows]
 
 
 def record_offers(session: Session, *, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -214,17 +219,27 @@ def mark_installed(session: Session, *, rollout_id: int, device_pk: int, stage: 
 
 
 def mark_failed(
-    session: Session, *, rollout_id: int, device_pk: int, stage: int, at: datetime, reason: str | None
+    session: Session,
+    *,
+    rollout_id: int,
+    device_pk: int,
+    stage: int,
+    at: datetime,
+    reason: str | None,
+    replaces: Collection[str] = (),
 ) -> bool:
-    """The device refused or rolled back the rollout's version; True the first time for this device."""
+    """The device refused or rolled back the rollout's version; True the first time for this device.
+
+    Only the first failure is kept, unless the one recorded has a reason in `replaces` (a passing
+    fault of the device, which a later failure supersedes).
+    """
     record_offers(session, rows=[{"rollout_id": rollout_id, "device_pk": device_pk, "stage": stage, "offered_at": at}])
+    open_to: ColumnElement[bool] = RolloutDevice.failed_at.is_(None)
+    if replaces:
+        open_to = or_(open_to, RolloutDevice.reason.in_(list(replaces)))
     result = session.execute(
         update(RolloutDevice)
-        .where(
-            RolloutDevice.rollout_id == rollout_id,
-            RolloutDevice.device_pk == device_pk,
-            RolloutDevice.failed_at.is_(None),
-        )
+        .where(RolloutDevice.rollout_id == rollout_id, RolloutDevice.device_pk == device_pk, open_to)
         .values(failed_at=at, reason=reason[:500] if reason else None)
         .execution_options(synchronize_session=False)
     )

@@ -275,13 +275,16 @@ def test_rollout_page_shows_the_apis_stage_counts_and_gates(env: Env, client: Te
             events(client, token, {"type": "installed", "version": 2})
         elif i < 5:
             events(client, token, {"type": "failed", "version": 2, "reason": "golden mismatch"})
+        elif i == 5:  # a full disk: the device's fault, shown apart
+            events(client, token, {"type": "failed", "version": 2, "reason": "no_space"})
     services(client).rollouts.offers.flush()
     sign_in(client)
     page = client.get(f"/rollouts/{rid}").text
     stage = client.get(f"/v1/rollouts/{rid}", headers=ADMIN).json()["stages"][0]
     shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', page))
-    assert shown == {k: str(stage["counts"][k]) for k in ("installed", "failed", "pending", "not_reached")}
-    assert shown == {"installed": "3", "failed": "2", "pending": "3", "not_reached": "0"}
+    keys = ("installed", "failed", "device_faults", "pending", "not_reached")
+    assert shown == {k: str(stage["counts"][k]) for k in keys}
+    assert shown == {"installed": "3", "failed": "2", "device_faults": "1", "pending": "2", "not_reached": "0"}
     gate = re.search(r"<td>latency_p95_ratio</td>(.*?)</tr>", page, re.S)
     assert gate and '<td class="num">1.5</td>' in gate.group(1) and "pending" in gate.group(1)
 

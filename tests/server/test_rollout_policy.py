@@ -53,6 +53,7 @@ class Row:
     offered_at: datetime
     installed_at: datetime | None = None
     failed_at: datetime | None = None
+    reason: str | None = None
 
 
 def verdict(
@@ -130,6 +131,32 @@ def test_a_rollback_after_installing_counts_as_failed_and_a_retry_that_installs_
 
 
 # -- advancing -----------------------------------------------------------------------------------
+
+
+def test_device_faults_are_neither_failed_nor_timed_out_until_the_device_installs() -> None:
+    spec = RolloutSpec(stages=(Stage(100, 0),), install_timeout_seconds=60)
+    later = T0 + timedelta(hours=1)
+    rows = [
+        Row(1, T0, failed_at=T0, reason="no_space"),
+        Row(2, T0, failed_at=T0, reason="read_only"),
+        Row(3, T0, failed_at=T0, reason="hash_mismatch"),
+        Row(4, T0, installed_at=T0 + timedelta(minutes=5), failed_at=T0, reason="no_space"),  # disk freed, installed
+    ]
+    (c,) = count_stages(spec, {1: 0, 2: 1, 3: 2, 4: 3}, rows, later)
+    assert (c.installed, c.failed, c.device_faults, c.pending, c.decided) == (1, 1, 2, 0, 2)
+
+
+def test_devices_with_a_device_fault_are_left_out_of_the_verdict() -> None:
+    canary = Counts(cohort=5, offered=5, installed=4, failed=0, device_faults=1)
+    assert verdict(canary) == ("stage_advanced", "running", 1, None)  # all who can decide did: 4 of 4
+    assert verdict(Counts(cohort=5, offered=5, installed=3, failed=1, device_faults=1)) == (
+        "halted",
+        "paused",
+        0,
+        "failure_threshold",
+    )  # 1 of 4 decided (25 %) failed: the device fault is no excuse for the others
+    everyone_faulty = Counts(cohort=5, offered=5, installed=0, failed=0, device_faults=5)
+    assert verdict(everyone_faulty) is None  # nobody could decide: missing data never advances
 
 
 def test_advances_only_with_soak_elapsed_success_and_passing_gates() -> None:

@@ -259,6 +259,7 @@ def test_halts_on_the_failure_threshold_and_offers_nothing_new(client: TestClien
         "offered": len(cohort),
         "installed": 3,
         "failed": 1,
+        "device_faults": 0,
         "pending": len(cohort) - 4,
         "not_reached": doc["stages"][0]["cohort"] - len(cohort),
     }
@@ -296,6 +297,34 @@ def test_install_timeout_counts_as_failure(client: TestClient) -> None:
     doc = services(client).rollouts.get(r["id"], now=later)
     assert doc.stages[0].counts.failed == 2 and doc.stages[0].counts.pending == 0
     assert doc.state == "paused" and doc.reason == "failure_threshold"
+
+
+def test_device_faults_are_counted_apart_and_never_halt_the_rollout(client: TestClient) -> None:
+    """A full disk or a read-only model directory says nothing about the version: such `failed`
+    reports neither count against the failure threshold nor time out; a later real failure does."""
+    devices = fleet(client, 5)
+    spec = {"stages": [{"percent": 100, "soak_seconds": 3600}], "min_devices": 5, "failure_threshold": 0.2}
+    r = start(client, **spec, install_timeout_seconds=60)
+    tokens = list(devices.values())
+    for t in tokens:
+        assert offered(client, t) == 2
+    for t in tokens[:3]:
+        report(client, t, {"type": "installed", "version": 2})
+    report(client, tokens[3], {"type": "failed", "version": 2, "reason": "no_space", "detail": "disk full"})
+    report(client, tokens[4], {"type": "failed", "version": 2, "reason": "read_only"})
+    later = utcnow() + timedelta(seconds=61)  # past the install timeout too
+    assert evaluate(client, now=later) == []  # 2 of 5 "failed", but none of them for the version
+    doc = services(client).rollouts.get(r["id"], now=later)
+    counts = doc.stages[0].counts
+    assert (counts.installed, counts.failed, counts.device_faults, counts.pending) == (3, 0, 2, 0)
+    assert doc.state == "running"
+    assert get(client, r["id"])["stages"][0]["counts"]["device_faults"] == 2
+    # the disk was freed, and then the version itself was refused: that counts
+    report(client, tokens[3], {"type": "failed", "version": 2, "reason": "validation_failed"})
+    assert evaluate(client, now=later) == ["halted"]  # 1 failed of 4 decided: 25 % > 20 %
+    doc = get(client, r["id"])
+    assert doc["reason"] == "failure_threshold"
+    assert (doc["stages"][0]["counts"]["failed"], doc["stages"][0]["counts"]["device_faults"]) == (1, 1)
 
 
 def test_advances_after_soak_and_completes_moving_the_baseline(client: TestClient) -> None:

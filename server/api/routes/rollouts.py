@@ -64,6 +64,7 @@ def rollout_out(v: RolloutView) -> schemas.RolloutOut:
                     offered=s.counts.offered,
                     installed=s.counts.installed,
                     failed=s.counts.failed,
+                    device_faults=s.counts.device_faults,
                     pending=s.counts.pending,
                     not_reached=s.counts.not_reached,
                 ),
