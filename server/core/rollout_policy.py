@@ -14,7 +14,8 @@ time), so that it is judged the same in every server process and tested without 
   ``failed``/``rolled_back`` event, or no install within the timeout), device faults (a
   ``failed`` whose reason is the device's own, :data:`DEVICE_FAULTS`: neither failed nor timed
   out), pending, not reached. Rates use decided devices only (installed + failed).
-- **Gates** (:func:`judge_gates`): from the per-version running sums of the agents' metrics.
+- **Gates** (:func:`judge_gates`): from the per-version running sums of the agents' metrics;
+  latency per device (:func:`latency_p95_ratio`), so that one slow device cannot decide alone.
 - **Verdicts** (:func:`decide`, :func:`plan_action`): halt, advance (or wait), complete — missing
   data never advances; an admin's action as the transition it asks for.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +40,7 @@ VALIDATION_FAILED = "validation_failed"  # the agent's reason code for a golden-
 DEVICE_FAULTS = frozenset({"no_space", "read_only"})
 GATE_BOUNDS = {"latency_p95_ratio": "max", "confidence_delta": "min", "validation_failures": "max"}
 Action = Literal["pause", "resume", "abort", "advance"]
+DEVICE_MIN_REQUESTS = 5  # a device's p95 on a version counts once it served this many requests (or min_samples)
 
 
 # -- the specification --------------------------------------------------------------------------
@@ -73,6 +76,7 @@ class RolloutSpec:
     auto_advance: bool = True
     gates: tuple[Gate, ...] = ()
     baseline: int | None = None  # the model's baseline when the rollout was created
+    events_from: int = 0  # the device event log's last id when the rollout was created (its metrics come after)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +89,7 @@ class RolloutSpec:
             "auto_advance": self.auto_advance,
             "gates": [{"metric": g.metric, g.bound: g.threshold, "min_samples": g.min_samples} for g in self.gates],
             "baseline": self.baseline,
+            "events_from": self.events_from,
         }
 
     @classmethod
@@ -101,6 +106,7 @@ class RolloutSpec:
                 Gate(g["metric"], float(g[GATE_BOUNDS[g["metric"]]]), int(g["min_samples"])) for g in doc["gates"]
             ),
             baseline=doc.get("baseline"),
+            events_from=int(doc.get("events_from") or 0),
         )
 
 
@@ -234,14 +240,63 @@ class GateResult:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceLatency:
+    """One device's running sums on one version within a rollout (its metrics windows, request-weighted)."""
+
+    requests: int
+    p95_sum: float  # Σ p95_ms × requests
+
+    @property
+    def p95(self) -> float:
+        return self.p95_sum / self.requests if self.requests > 0 else 0.0
+
+
+def latency_p95_ratio(
+    new: Mapping[int, DeviceLatency], base: Mapping[int, DeviceLatency], *, min_requests: int
+) -> tuple[float, str] | str:
+    """The median over devices of (the device's p95 on the new version ÷ its reference), with a detail;
+    or, while it cannot be judged, why not.
+
+    The reference is the device's own p95 on the baseline when it served enough requests there too
+    (before it installed: the same hardware), else the median p95 of the baseline's devices. Only
+    devices with `min_requests` requests on a version count on that side. Pooling every request
+    instead would let one slow, busy device decide for the fleet; here it moves the median by one
+    place, while a version slow on every device moves every ratio.
+    """
+    on_new = {pk: d.p95 for pk, d in new.items() if d.requests >= min_requests and d.p95 > 0}
+    on_base = {pk: d.p95 for pk, d in base.items() if d.requests >= min_requests and d.p95 > 0}
+    if not on_new:
+        return f"no device has served {min_requests} requests on the new version yet"
+    if not on_base:
+        return f"no device has served {min_requests} requests on the baseline yet"
+    fleet = statistics.median(on_base.values())
+    ratios = [p95 / on_base.get(pk, fleet) for pk, p95 in on_new.items()]
+    own = sum(pk in on_base for pk in on_new)
+    detail = (
+        f"median of {len(ratios)} devices' p95 ratios ({own} against their own baseline p95, the rest "
+        f"against the baseline devices' median {fleet:.3f} ms)"
+    )
+    return statistics.median(ratios), detail
+
+
 def _mean(m: MetricSums | None, total: Callable[[MetricSums], float]) -> float | None:
     if m is None or m.samples <= 0:
         return None
     return total(m) / m.samples
 
 
-def judge_gates(spec: RolloutSpec, version: int, sums: Mapping[int, MetricSums]) -> list[GateResult]:
-    """Each gate against the running sums of the new version and the baseline (over the selector)."""
+def judge_gates(
+    spec: RolloutSpec,
+    version: int,
+    sums: Mapping[int, MetricSums],
+    latency: Mapping[int, Mapping[int, DeviceLatency]],
+) -> list[GateResult]:
+    """Each gate against the running sums of the new version and the baseline (over the selector).
+
+    `latency`: version → device pk → that device's sums, for the selector's devices (the latency
+    gate compares per device; the others read the pooled `sums`).
+    """
     new, base = sums.get(version), sums.get(spec.baseline) if spec.baseline is not None else None
     samples = new.samples if new is not None else 0
     out = []
@@ -268,12 +323,15 @@ def judge_gates(spec: RolloutSpec, version: int, sums: Mapping[int, MetricSums])
             out.append(_pending(g, None, samples, detail))
             continue
         if g.metric == "latency_p95_ratio":
-            new_p95, base_p95 = _mean(new, lambda m: m.p95_sum), _mean(base, lambda m: m.p95_sum)
-            if not new_p95 or not base_p95:
-                out.append(_pending(g, None, samples, "p95 latency of 0 ms cannot be compared"))
+            min_requests = max(1, min(DEVICE_MIN_REQUESTS, g.min_samples))
+            judged = latency_p95_ratio(
+                latency.get(version, {}), latency.get(spec.baseline, {}), min_requests=min_requests
+            )
+            if isinstance(judged, str):
+                out.append(_pending(g, None, samples, judged))
                 continue
-            value = new_p95 / base_p95
-            detail = f"p95 {new_p95:.3f} ms on v{version} vs {base_p95:.3f} ms on v{spec.baseline}"
+            value, detail = judged
+            detail = f"v{version} vs v{spec.baseline}: {detail}"
         else:
             new_c, base_c = _mean(new, lambda m: m.confidence_sum), _mean(base, lambda m: m.confidence_sum)
             assert new_c is not None and base_c is not None  # both have samples

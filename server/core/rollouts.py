@@ -15,8 +15,10 @@ its model's *baseline* (the version of the last completed rollout).
   compare-and-set on the rollout's ``revision`` plus its history row in the same transaction; only
   the process whose update matched counts it. So two server processes evaluating the same rollout
   at the same moment make exactly one transition, never two and never none.
-- **Device events** (:meth:`RolloutService.record_events`): installs, failures and metrics folded
-  into the rollout they are about, in the caller's transaction.
+- **Device events** (:meth:`RolloutService.record_events`, in :mod:`server.core.rollout_events`):
+  installs, failures and metrics folded into the rollout they are about, in the caller's transaction.
+- **Per-device latency** (:mod:`server.core.rollout_latency`): each device's p95 sums per version,
+  read incrementally from the device event log, for the latency gate.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -49,14 +51,14 @@ from ..errors import (
 )
 from ..observability import Metrics
 from .deltas import DeltaService
+from .rollout_events import EventLike, record_events
+from .rollout_latency import DeviceLatencies
 from .rollout_offers import Choice, OfferBuffer, PollRollout, choose_offer, poll_rollouts
 from .rollout_policy import (
     ABORTED,
     COMPLETED,
-    DEVICE_FAULTS,
     OFFERING,
     RUNNING,
-    VALIDATION_FAILED,
     Action,
     Counts,
     Decision,
@@ -70,7 +72,6 @@ from .rollout_policy import (
     judge_gates,
     plain_number,
     plan_action,
-    selector_matches,
     stage_state,
 )
 
@@ -134,21 +135,6 @@ class RolloutView:
 # -- the service --------------------------------------------------------------------------------
 
 
-class EventLike(Protocol):
-    """The fields of a device event this module reads (the API's `Event` has them)."""
-
-    @property
-    def type(self) -> str: ...
-    @property
-    def version(self) -> int | None: ...
-    @property
-    def from_version(self) -> int | None: ...
-    @property
-    def reason(self) -> str | None: ...
-    @property
-    def metrics(self) -> dict[str, float] | None: ...
-
-
 class RolloutService:
     """Creates rollouts, applies admin actions, evaluates active rollouts, folds device events in.
 
@@ -173,6 +159,7 @@ class RolloutService:
         self.on_change = on_change
         self.eval_seconds = eval_seconds
         self.offers = OfferBuffer(db, interval=flush_seconds)
+        self.latencies = DeviceLatencies()
         self._buckets: dict[int, dict[int, int]] = {}  # rollout id → device pk → bucket (ids never change)
         self._lock = threading.Lock()
 
@@ -200,7 +187,7 @@ class RolloutService:
                     f"{model!r} already has an active rollout ({active.rollout.id}, v{active.rollout.version}, "
                     f"{active.rollout.state}); abort it or let it finish first"
                 )
-            spec = replace(spec, baseline=m.baseline_version)
+            spec = replace(spec, baseline=m.baseline_version, events_from=data.last_event_id(session))
             rollout = Rollout(
                 model_id=m.id,
                 version=version,
@@ -291,8 +278,9 @@ class RolloutService:
                 if r.state not in OFFERING:
                     continue
                 spec = RolloutSpec.from_json(r.spec)
-                counts = self._counts(session, r, spec, active.model, now)[r.stage]
-                gates = judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id))
+                buckets = self._buckets_of(session, r, spec, active.model)
+                counts = count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)[r.stage]
+                gates = self._gates(session, r, spec, active.model, frozenset(buckets))
                 decision = decide(
                     spec,
                     state=r.state,
@@ -337,7 +325,8 @@ class RolloutService:
         log.info("rollout %d: %s (%s) by %s", r.id, d.event, d.detail, by)
         return True
 
-    def _counts(self, session: Session, r: Rollout, spec: RolloutSpec, model: str, now: datetime) -> list[Counts]:
+    def _buckets_of(self, session: Session, r: Rollout, spec: RolloutSpec, model: str) -> dict[int, int]:
+        """Device pk → bucket, for every device of the model that the selector matches."""
         devices = data.model_devices(session, model_name=model, selector=spec.selector)
         with self._lock:
             cache = self._buckets.setdefault(r.id, {})
@@ -349,12 +338,20 @@ class RolloutService:
             if b is None:
                 b = cache[pk] = bucket(r.id, device_id)
             buckets[pk] = b
-        return count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)
+        return buckets
+
+    def _gates(
+        self, session: Session, r: Rollout, spec: RolloutSpec, model: str, members: frozenset[int]
+    ) -> list[GateResult]:
+        """The gates, from the pooled sums and (latency) each member device's own."""
+        latency = self.latencies.read(session, r, spec, model, members) if _judges_latency(spec) else {}
+        return judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id), latency)
 
     def _describe(self, session: Session, r: Rollout, now: datetime) -> RolloutView:
         spec = RolloutSpec.from_json(r.spec)
         model = data.model_name_of(session, model_id=r.model_id)
-        counts = self._counts(session, r, spec, model, now)
+        buckets = self._buckets_of(session, r, spec, model)
+        counts = count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)
         history = [
             HistoryEntry(at=h.at, event=h.event, stage=h.stage, detail=h.detail, by=h.by)
             for h in data.history(session, rollout_id=r.id)
@@ -386,69 +383,17 @@ class RolloutService:
             created_at=r.created_at,
             updated_at=r.updated_at,
             stages=stages,
-            gates=judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id)),
+            gates=self._gates(session, r, spec, model, frozenset(buckets)),
             history=history,
         )
 
     # -- device events --------------------------------------------------------------------------
 
     def record_events(self, session: Session, *, device_pk: int, model: str, events: Sequence[EventLike]) -> None:
-        """Fold a device's events into its model's rollouts (in the caller's transaction).
+        """Fold a device's events into its model's rollouts (in the caller's transaction): see
+        :func:`server.core.rollout_events.record_events`."""
+        record_events(session, device_pk=device_pk, model=model, events=events)
 
-        `installed` of a rollout's version marks the device installed, `failed` or `rolled_back`
-        away from it marks it failed (a golden-set refusal also counts for `validation_failures`;
-        a device fault — full disk, read-only directory — is kept apart and counts for nothing):
-        in the active rollout, and also in a completed one, so that its counts show the fleet
-        converging after the version became the baseline. `metrics` of the active rollout's
-        version or of its baseline, from a device its selector matches, add to that version's sums.
-        """
-        now = utcnow()
-        for e in events:
-            if e.type == "installed" and e.version is not None:
-                r = data.rollout_of_version(session, model_name=model, version=e.version)
-                if r is not None:
-                    data.mark_installed(session, rollout_id=r.id, device_pk=device_pk, stage=r.stage, at=now)
-            elif e.type in ("failed", "rolled_back"):
-                about = e.from_version if e.type == "rolled_back" and e.from_version is not None else e.version
-                r = data.rollout_of_version(session, model_name=model, version=about) if about else None
-                if r is None:
-                    continue
-                first = data.mark_failed(
-                    session,
-                    rollout_id=r.id,
-                    device_pk=device_pk,
-                    stage=r.stage,
-                    at=now,
-                    reason=e.reason,
-                    replaces=DEVICE_FAULTS,  # the device's own fault passed; what it reports now counts
-                )
-                if first and e.reason == VALIDATION_FAILED:
-                    data.add_metrics(session, rollout_id=r.id, version=r.version, validation_failures=1)
-        samples = [e for e in events if e.type == "metrics" and e.version is not None and e.metrics]
-        if samples:
-            self._record_metrics(session, device_pk=device_pk, model=model, events=samples)
 
-    def _record_metrics(self, session: Session, *, device_pk: int, model: str, events: Sequence[EventLike]) -> None:
-        active = data.active_for_model(session, model_name=model)
-        if active is None:
-            return
-        r = active.rollout
-        spec = RolloutSpec.from_json(r.spec)
-        if spec.selector and not selector_matches(spec.selector, data.device_labels(session, device_pk=device_pk)):
-            return
-        for e in events:
-            m = e.metrics or {}
-            requests = int(m.get("requests", 0))
-            if e.version not in (r.version, spec.baseline) or e.version is None:
-                continue
-            if requests <= 0 or not {"p50_ms", "p95_ms", "mean_confidence"} <= m.keys():
-                continue
-            data.add_metrics(
-                session,
-                rollout_id=r.id,
-                version=e.version,
-                samples=requests,
-                p50_sum=m["p50_ms"] * requests,
-                p95_sum=m["p95_ms"] * requests,
-                confidence_sum=m["mean_confidence"] * requests,
-            )
+def _judges_latency(spec: RolloutSpec) -> bool:
+    return spec.baseline is not None and any(g.metric == "latency_p95_ratio" for g in spec.gates)

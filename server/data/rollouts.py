@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session as Session  # re-exported: core annotates with it without importing sqlalchemy
 from sqlalchemy.orm import aliased
@@ -22,6 +22,7 @@ from sqlalchemy.orm import aliased
 from ..db.models import (
     ACTIVE_STATES,
     Device,
+    DeviceEvent,
     DeviceLabel,
     Model,
     ModelVersion,
@@ -275,3 +276,36 @@ def add_metrics(
 def metric_sums(session: Session, *, rollout_id: int) -> dict[int, RolloutMetric]:
     rows = session.scalars(select(RolloutMetric).where(RolloutMetric.rollout_id == rollout_id))
     return {m.version: m for m in rows}
+
+
+def last_event_id(session: Session) -> int:
+    """The device event log's highest id (0 when empty): where a new rollout's metrics begin."""
+    return int(session.scalar(select(func.max(DeviceEvent.id))) or 0)
+
+
+def metric_events(
+    session: Session,
+    *,
+    model_name: str,
+    versions: Sequence[int],
+    after_id: int,
+    since: datetime,
+    until: datetime | None,
+) -> list[tuple[int, int, int, dict[str, Any] | None]]:
+    """(id, device pk, version, metrics) of the model's devices' `metrics` events about `versions`,
+    with id above `after_id`, received from `since` (to `until`), in id order (a range of the primary key)."""
+    stmt = (
+        select(DeviceEvent.id, DeviceEvent.device_pk, DeviceEvent.version, DeviceEvent.metrics)
+        .join(Device, Device.id == DeviceEvent.device_pk)
+        .where(
+            DeviceEvent.id > after_id,
+            DeviceEvent.type == "metrics",
+            DeviceEvent.version.in_(list(versions)),
+            DeviceEvent.received_at >= since,
+            Device.model_name == model_name,
+        )
+        .order_by(DeviceEvent.id)
+    )
+    if until is not None:
+        stmt = stmt.where(DeviceEvent.received_at <= until)
+    return [(i, pk, v, m) for i, pk, v, m in session.execute(stmt)]

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from server.core.rollout_policy import (
     Counts,
+    DeviceLatency,
     Gate,
     GateResult,
     RolloutSpec,
@@ -220,35 +221,76 @@ def sums(samples: int, p95: float, confidence: float = 0.9) -> Sums:
     return Sums(samples, p95 * samples, confidence * samples)
 
 
+def devices(*p95s: float, requests: int = 100, first_pk: int = 1) -> dict[int, DeviceLatency]:
+    """Device pk → its sums: one device per p95 given, each with `requests` requests."""
+    return {first_pk + i: DeviceLatency(requests, p95 * requests) for i, p95 in enumerate(p95s)}
+
+
+LATENCY = RolloutSpec(stages=(Stage(100, 0),), gates=(Gate("latency_p95_ratio", 1.5, 500),), baseline=1)
+ENOUGH = {2: sums(500, 10.0), 1: sums(500, 10.0)}  # the pooled samples: enough on both versions
+
+
+def latency_gate(new: dict[int, DeviceLatency], base: dict[int, DeviceLatency]) -> GateResult:
+    (g,) = judge_gates(LATENCY, 2, ENOUGH, {2: new, 1: base})
+    return g
+
+
 def test_gate_is_pending_below_min_samples_on_either_version() -> None:
-    spec = RolloutSpec(stages=(Stage(100, 0),), gates=(Gate("latency_p95_ratio", 1.5, 500),), baseline=1)
-    (g,) = judge_gates(spec, 2, {2: sums(499, 30.0), 1: sums(5000, 10.0)})
+    latency = {2: devices(30.0, first_pk=10), 1: devices(10.0)}
+    (g,) = judge_gates(LATENCY, 2, {2: sums(499, 30.0), 1: sums(5000, 10.0)}, latency)
     assert g.status == "pending" and g.value is None and g.samples == 499
-    (g,) = judge_gates(spec, 2, {2: sums(500, 30.0), 1: sums(10, 10.0)})
+    (g,) = judge_gates(LATENCY, 2, {2: sums(500, 30.0), 1: sums(10, 10.0)}, latency)
     assert g.status == "pending" and "baseline" in g.detail
-    (g,) = judge_gates(spec, 2, {2: sums(500, 30.0), 1: sums(500, 10.0)})
+    (g,) = judge_gates(LATENCY, 2, {2: sums(500, 30.0), 1: sums(500, 10.0)}, latency)
     assert g.status == "fail" and g.value == pytest.approx(3.0)
-    (g,) = judge_gates(spec, 2, {2: sums(500, 15.0), 1: sums(500, 10.0)})
+    g = latency_gate(devices(15.0, first_pk=10), devices(10.0))
     assert g.status == "pass" and g.value == pytest.approx(1.5)  # the bound itself passes
+
+
+def test_one_slow_busy_device_does_not_decide_the_latency_gate() -> None:
+    """Pooled by requests, the slow device (10× slower, 100× busier) would make the ratio ~9."""
+    new = devices(10.0, 10.0, 10.0, 10.0, first_pk=10) | devices(100.0, requests=10_000, first_pk=20)
+    g = latency_gate(new, devices(10.0, 10.0, 10.0))
+    assert g.status == "pass" and g.value == pytest.approx(1.0)
+
+
+def test_a_version_slow_on_every_device_fails_the_latency_gate() -> None:
+    g = latency_gate(devices(20.0, 22.0, 18.0, 21.0, first_pk=10), devices(10.0, 11.0, 9.0))
+    assert g.status == "fail" and g.value == pytest.approx(2.0, rel=0.1)
+
+
+def test_a_device_is_compared_with_its_own_baseline_when_it_reported_one() -> None:
+    base = devices(40.0, 10.0, 10.0)  # device 1 is slow hardware: 40 ms on the baseline already
+    g = latency_gate({1: DeviceLatency(100, 44.0 * 100)}, base)
+    assert g.status == "pass" and g.value == pytest.approx(1.1)  # 44 / 40, not 44 / 10 (the fleet's median)
+    g = latency_gate({9: DeviceLatency(100, 44.0 * 100)}, base)  # a device with no baseline of its own
+    assert g.status == "fail" and g.value == pytest.approx(4.4)
+
+
+def test_devices_with_too_few_requests_do_not_count_for_latency() -> None:
+    g = latency_gate(devices(30.0, requests=4, first_pk=10), devices(10.0))
+    assert g.status == "pending" and "no device has served 5 requests on the new version" in g.detail
+    g = latency_gate(devices(30.0, requests=4, first_pk=10) | devices(10.0, first_pk=20), devices(10.0))
+    assert g.status == "pass" and g.value == pytest.approx(1.0)  # only device 20 counts
 
 
 def test_a_first_rollout_has_no_baseline_to_compare_with() -> None:
     spec = RolloutSpec(stages=(Stage(100, 0),), gates=(Gate("confidence_delta", -0.05, 1),))
-    (g,) = judge_gates(spec, 1, {1: sums(1000, 10.0)})
+    (g,) = judge_gates(spec, 1, {1: sums(1000, 10.0)}, {})
     assert g.status == "pending" and "first rollout" in g.detail
 
 
 def test_confidence_delta_is_new_minus_baseline() -> None:
     spec = RolloutSpec(stages=(Stage(100, 0),), gates=(Gate("confidence_delta", -0.05, 100),), baseline=1)
-    (g,) = judge_gates(spec, 2, {2: sums(100, 10.0, 0.80), 1: sums(100, 10.0, 0.90)})
+    (g,) = judge_gates(spec, 2, {2: sums(100, 10.0, 0.80), 1: sums(100, 10.0, 0.90)}, {})
     assert g.status == "fail" and g.value == pytest.approx(-0.1)
 
 
 def test_one_golden_set_refusal_fails_the_validation_gate_before_any_samples() -> None:
     spec = RolloutSpec(stages=(Stage(100, 0),), gates=(Gate("validation_failures", 0, 500),), baseline=1)
-    (g,) = judge_gates(spec, 2, {})
+    (g,) = judge_gates(spec, 2, {}, {})
     assert g.status == "pending"
-    (g,) = judge_gates(spec, 2, {2: Sums(0, validation_failures=1)})
+    (g,) = judge_gates(spec, 2, {2: Sums(0, validation_failures=1)}, {})
     assert g.status == "fail" and g.value == 1
 
 

@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.core.services import Services
+from server.db.models import DeviceEvent
 from server.db.session import utcnow
 
 from .conftest import ADMIN, Env, assert_problem, bearer, enroll, publish, release
@@ -391,6 +392,69 @@ def test_gate_is_pending_below_min_samples_then_halts_on_latency(client: TestCli
     assert doc["state"] == "paused" and doc["reason"] == "gate:latency_p95_ratio"
     (g,) = doc["gates"]
     assert g["status"] == "fail" and g["value"] == pytest.approx(2.0) and g["samples"] == 120
+
+
+def test_one_very_slow_device_does_not_halt_a_good_version(client: TestClient) -> None:
+    devices = fleet(client, 16)
+    gate = {"metric": "latency_p95_ratio", "max": 1.5, "min_samples": 100}
+    r = start(client, stages=[{"percent": 50}, {"percent": 100}], min_devices=1, gates=[gate])
+    new = [t for t in devices.values() if offered(client, t) == 2]
+    old = [t for t in devices.values() if t not in new]
+    assert len(new) >= 3 and old
+    for t in old:
+        report(client, t, metrics(1, p95=10.0, requests=50))
+    slow, normal = new[0], new[1:]
+    for t in new:
+        report(client, t, {"type": "installed", "version": 2})
+    report(client, slow, metrics(2, p95=120.0, requests=5000))  # an old, busy camera: most of the requests
+    for t in normal:
+        report(client, t, metrics(2, p95=10.5, requests=50))
+    assert evaluate(client) == ["stage_advanced"]  # pooled by requests, p95 would be ~10× the baseline's
+    (g,) = get(client, r["id"])["gates"]
+    assert g["status"] == "pass" and g["value"] == pytest.approx(1.05)
+    assert f"median of {len(new)} devices" in g["detail"]
+
+
+def test_a_version_slow_on_every_device_halts(client: TestClient) -> None:
+    devices = fleet(client, 16)
+    gate = {"metric": "latency_p95_ratio", "max": 1.5, "min_samples": 100}
+    r = start(client, stages=[{"percent": 50}, {"percent": 100}], min_devices=1, gates=[gate])
+    new = [t for t in devices.values() if offered(client, t) == 2]
+    before = {t: 8.0 + i % 5 for i, t in enumerate(devices.values())}  # 8–12 ms, as the hardware varies
+    for t, p95 in before.items():
+        report(client, t, metrics(1, p95=p95, requests=40))
+    for t in new:
+        report(client, t, {"type": "installed", "version": 2}, metrics(2, p95=2.1 * before[t], requests=40))
+    assert evaluate(client) == ["halted"]
+    doc = get(client, r["id"])
+    assert doc["reason"] == "gate:latency_p95_ratio"
+    (g,) = doc["gates"]
+    assert g["status"] == "fail" and g["value"] == pytest.approx(2.1)
+    assert f"{len(new)} against their own baseline" in g["detail"]
+
+
+def test_a_metrics_report_that_commits_after_a_later_one_still_counts(client: TestClient) -> None:
+    """Event ids are taken at insert, not at commit: on PostgreSQL a report can become visible after
+    one with a higher id. The per-device latency reader must not skip it."""
+    tokens = fleet(client, 2)
+    gate = {"metric": "latency_p95_ratio", "max": 1.5, "min_samples": 10}
+    r = start(client, stages=[{"percent": 100, "soak_seconds": 3600}], min_devices=1, gates=[gate])
+    report(client, tokens["cam-00"], metrics(1, p95=10.0, requests=20))
+    report(client, tokens["cam-01"], metrics(2, p95=10.0, requests=20))
+    assert get(client, r["id"])["gates"][0]["value"] == pytest.approx(1.0)
+    pk = services(client).fleet.get_device("cam-01").device.id
+    top = max(e.id for e in services(client).fleet.get_device("cam-01").events)
+
+    def committed(event_id: int, p95: float, requests: int) -> None:
+        with services(client).db.session() as session:
+            m = {"p50_ms": p95 / 2, "p95_ms": p95, "mean_confidence": 0.9, "requests": requests}
+            session.add(DeviceEvent(id=event_id, device_pk=pk, type="metrics", version=2, metrics=m))
+            session.commit()
+
+    committed(top + 100, p95=30.0, requests=20)
+    assert get(client, r["id"])["gates"][0]["value"] == pytest.approx(2.0)  # (10·20 + 30·20) / 40 ÷ 10
+    committed(top + 50, p95=30.0, requests=40)  # a lower id, visible only now
+    assert get(client, r["id"])["gates"][0]["value"] == pytest.approx(2.5)  # (200 + 600 + 1200) / 80 ÷ 10
 
 
 def test_passing_gates_let_the_stage_advance(client: TestClient) -> None:
