@@ -1,14 +1,18 @@
 """What the ops dashboard reads: the fleet per model, rollouts, the registry with sizes and deltas.
 
 Counting a fleet of 100,000 devices (versions, statuses, stale devices, a rollout's stage cohorts)
-reads every device; a page load must not pay that. The fleet overview and each rollout's view are
-therefore :class:`Recent` values: computed at most once per ``cache_seconds`` and shared by every
-request; once older, the old value is still served (up to ``MAX_STALE_SECONDS``) while one
-background thread counts again — stale-while-revalidate — so only the first load after start or
-after a quiet minute waits for a count. A rollout's state, stage, reason and history are read fresh
-on every load (its row and history: no device is read), so an action taken from the dashboard shows
-at once; the action also expires the counts. Each page says when its numbers were counted.
-Rollouts are counted by :class:`RolloutService`, the same service the REST API calls.
+reads every device; a page load must not pay that. An active rollout's stage counts and gates are
+the rollout engine's: it counts them anyway each time it judges the rollout (every
+``OTA_ROLLOUT_EVAL_SECONDS``) and keeps the view (:meth:`RolloutService.judged`). The fleet
+overview and a finished rollout's view are :class:`Recent` values: computed at most once per
+``cache_seconds`` and shared by every request; once older, the old value is still served (up to
+``MAX_STALE_SECONDS``) while one background thread counts again — stale-while-revalidate — so
+only the fleet's first load after start or after a quiet minute waits for a count (of versions
+and statuses; the rollouts in it come from the engine). A rollout's state, stage, reason and
+history are read fresh on every load (its row and history: no device is read), so an action
+taken from the dashboard shows at once; the action also expires the counts. Each page says when
+its numbers were counted. Rollouts are counted by :class:`RolloutService`, the same service the
+REST API calls.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from .rollout_policy import Counts, RolloutSpec, stage_state
 from .rollouts import HistoryEntry, RolloutService, RolloutView
 from .view import RegistryView
 
-ACTIVE_STATES = ("running", "waiting", "paused")
 STALE_POLLS = 3  # a device not seen for this many poll intervals is stale
 MAX_STALE_SECONDS = 60.0  # older than this, a page waits for a fresh count instead
 MAX_ROLLOUT_VIEWS = 64
@@ -199,7 +202,13 @@ class Dashboard:
 
     def rollout(self, rollout_id: int) -> Counted[RolloutView]:
         """One rollout's view: stage counts and gates recent like the overview, state and history as of now;
-        :class:`RolloutNotFoundError` if there is none."""
+        :class:`RolloutNotFoundError` if there is none. An active rollout's counts are the rollout
+        engine's, from its last evaluation; only a finished one (or one not judged for a minute) is
+        counted here."""
+        judged = self.rollouts.judged(rollout_id, max_age=MAX_STALE_SECONDS)
+        if judged is not None:
+            with self.db.session() as session:
+                return Counted(self._current(session, judged[1]), judged[0])
         with self._lock:
             recent = self._rollouts.get(rollout_id)
             if recent is None:
@@ -266,11 +275,10 @@ class Dashboard:
             entry(name).statuses[status] = count
         for name, count in stale.items():
             entry(name).stale = count
-        for state in ACTIVE_STATES:
-            for r in self.rollouts.list_rollouts(model=None, state=state, limit=200):
-                m = entry(r.model)
-                if m.rollout is None or r.id > m.rollout.id:
-                    m.rollout = r
+        for r in self.rollouts.active(max_age=MAX_STALE_SECONDS):  # as the rollout engine last counted them
+            m = entry(r.model)
+            if m.rollout is None or r.id > m.rollout.id:
+                m.rollout = r
         return FleetOverview(
             models=[models[k] for k in sorted(models)], counted_at=now, stale_after_seconds=self.stale_after
         )

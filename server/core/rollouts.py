@@ -160,6 +160,7 @@ class RolloutService:
         self.eval_seconds = eval_seconds
         self.offers = OfferBuffer(db, interval=flush_seconds)
         self.latencies = DeviceLatencies()
+        self._judged: dict[int, tuple[float, datetime, RolloutView]] = {}  # active rollout → (when, counted at, view)
         self._buckets: dict[int, dict[int, int]] = {}  # rollout id → device pk → bucket (ids never change)
         self._lock = threading.Lock()
 
@@ -264,8 +265,10 @@ class RolloutService:
 
     def evaluate_once(self, *, rollout_id: int | None = None, now: datetime | None = None) -> list[str]:
         """Judge every active rollout (or one) once; returns the transitions this process made."""
-        now = now or utcnow()
+        began = (time.monotonic(), utcnow())  # when these counts began, for the dashboard
+        now = now or began[1]
         plans: list[tuple[Rollout, Decision]] = []
+        judged: dict[int, RolloutView] = {}
         with self.db.session() as session:
             for active in data.active_rollouts(session):
                 r = active.rollout
@@ -275,27 +278,54 @@ class RolloutService:
                     detail = f"v{r.version} was revoked; nothing more is offered"
                     plans.append((r, Decision("aborted", ABORTED, r.stage, "version_revoked", detail)))
                     continue
+                view = self._describe(session, r, now, model=active.model)
+                judged[r.id] = view
                 if r.state not in OFFERING:
                     continue
-                spec = RolloutSpec.from_json(r.spec)
-                buckets = self._buckets_of(session, r, spec, active.model)
-                counts = count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)[r.stage]
-                gates = self._gates(session, r, spec, active.model, frozenset(buckets))
                 decision = decide(
-                    spec,
+                    view.spec,
                     state=r.state,
                     stage=r.stage,
-                    counts=counts,
-                    gates=gates,
+                    counts=view.stages[r.stage].counts,
+                    gates=view.gates,
                     stage_started_at=r.stage_started_at,
                     now=now,
                 )
                 if decision is not None:
                     plans.append((r, decision))
+        self._keep(judged, began, every=rollout_id is None)
         made = [d.event for r, d in plans if self._transition(r, r.revision, d, by=SYSTEM, now=now)]
         if made and rollout_id is None:
             self.on_change()
         return made
+
+    def judged(self, rollout_id: int, *, max_age: float) -> tuple[datetime, RolloutView] | None:
+        """The view of an active rollout as this process last judged it (when, and what), if that
+        was at most `max_age` seconds ago: its counts and gates without counting again."""
+        with self._lock:
+            kept = self._judged.get(rollout_id)
+        if kept is None or time.monotonic() - kept[0] > max_age:
+            return None
+        return kept[1], kept[2]
+
+    def active(self, *, max_age: float) -> list[RolloutView]:
+        """Every active rollout's view: as last judged when that is recent enough, else counted now."""
+        now = utcnow()
+        out = []
+        with self.db.session() as session:
+            for a in data.active_rollouts(session):
+                kept = self.judged(a.rollout.id, max_age=max_age)
+                out.append(kept[1] if kept else self._describe(session, a.rollout, now, model=a.model))
+        return out
+
+    def _keep(self, judged: dict[int, RolloutView], began: tuple[float, datetime], *, every: bool) -> None:
+        """Remember what was judged; after a pass over every active rollout, forget the finished ones."""
+        stamp, at = began
+        with self._lock:
+            if every:
+                self._judged = {}
+            for rid, view in judged.items():
+                self._judged[rid] = (stamp, at, view)
 
     async def run(self) -> None:
         """Evaluate every `eval_seconds` until cancelled; failures are logged and retried."""
@@ -347,9 +377,9 @@ class RolloutService:
         latency = self.latencies.read(session, r, spec, model, members) if _judges_latency(spec) else {}
         return judge_gates(spec, r.version, data.metric_sums(session, rollout_id=r.id), latency)
 
-    def _describe(self, session: Session, r: Rollout, now: datetime) -> RolloutView:
+    def _describe(self, session: Session, r: Rollout, now: datetime, *, model: str | None = None) -> RolloutView:
         spec = RolloutSpec.from_json(r.spec)
-        model = data.model_name_of(session, model_id=r.model_id)
+        model = model or data.model_name_of(session, model_id=r.model_id)
         buckets = self._buckets_of(session, r, spec, model)
         counts = count_stages(spec, buckets, data.device_rows(session, rollout_id=r.id), now)
         history = [

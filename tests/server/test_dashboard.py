@@ -256,7 +256,8 @@ def test_rollouts_list_shows_every_rollout_with_counts_for_the_active_one(env: E
     assert "completed" in rows[1][1] and "—</td>" in rows[1][1]
 
 
-def test_rollout_page_shows_the_apis_stage_counts_and_gates(env: Env, client: TestClient) -> None:
+def test_rollout_page_shows_the_engines_last_stage_counts_and_gates(env: Env) -> None:
+    client = env.client(rollout_eval_seconds=3600)  # the engine judges when this test says
     release(client, env.artifact(1))
     publish(client, env.artifact(2))
     tokens = [enroll(client, f"cam-{i}") for i in range(8)]
@@ -279,6 +280,10 @@ def test_rollout_page_shows_the_apis_stage_counts_and_gates(env: Env, client: Te
             events(client, token, {"type": "failed", "version": 2, "reason": "no_space"})
     services(client).rollouts.offers.flush()
     sign_in(client)
+    page = client.get(f"/rollouts/{rid}").text
+    shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', page))
+    assert shown["installed"] == "0" and shown["not_reached"] == "8"  # as the engine last judged it: at creation
+    services(client).rollouts.evaluate_once()  # what the engine does every OTA_ROLLOUT_EVAL_SECONDS
     page = client.get(f"/rollouts/{rid}").text
     stage = client.get(f"/v1/rollouts/{rid}", headers=ADMIN).json()["stages"][0]
     shown = dict(re.findall(r'data-count="(\w+)">(\d+)<', page))
