@@ -140,34 +140,41 @@ def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9, 
     matches = [encoder.match(n) for n in range(len(new_spans))]
 
     index, derived, sparse_entries = [], [], []
-    groups: dict[int, list[np.ndarray]] = {}
+    groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # element width → (entry, coded words)
     prev_end = 0
     for n, (span, m) in enumerate(zip(new_spans, matches, strict=True)):
         gap, prev_end = span.start - prev_end, span.end
         base_len = old_spans[m.ref].length if 0 <= m.ref < len(old_spans) and m.method != PRODUCT else 0
-        method = m.method
-        if m.coded is not None and sparse and _sparse.choose(m.coded, m.elem, data_level):
-            sparse_entries.append(_sparse.split(m.coded))
-            method |= SPARSE
-        elif m.coded is not None:
-            groups.setdefault(m.elem, []).append(m.coded)
-        index.append((gap - _gap(old_spans, m.ref), span.length - base_len, method, m.elem, m.ref - n))
+        index.append((gap - _gap(old_spans, m.ref), span.length - base_len, m.method, m.elem, m.ref - n))
+        if m.coded is not None:
+            groups.setdefault(m.elem, []).append((n, m.coded))
+            if sparse and _sparse.choose(m.coded, m.elem, data_level):
+                sparse_entries.append(n)
         if m.row is not None:
             derived.append((n, *m.row))
     derived.sort(key=lambda row: matches[row[0]].method != PRODUCT)  # products first: PRED may need them
 
-    planes = [p for elem in sorted(groups) for p in byte_planes(np.concatenate(groups[elem]), elem)]
-    sections = [
-        compress(_columns(index, _COLUMNS) + _columns(derived, _DERIVED_COLUMNS), level),
-        compress(_skeleton(new, new_spans), level, _skeleton(old, old_spans) or None),
-    ]
-    version = FORMAT_VERSION if sparse_entries else 1
-    header = _HEADER.pack(
-        MAGIC, version, hashlib.sha256(old).digest(), hashlib.sha256(new).digest(), len(new), len(old)
-    )
-    counts = struct.pack(">II", len(index), len(derived))
-    body = b"".join(U32.pack(len(s)) + s for s in sections) + plane_frames(planes, data_level)
-    return header + counts + body + (_sparse.section(sparse_entries, data_level) if sparse_entries else b"")
+    header = struct.pack(">II", len(index), len(derived))
+    skeleton = compress(_skeleton(new, new_spans), level, _skeleton(old, old_spans) or None)
+
+    def body(sparse_set: set[int]) -> bytes:
+        """Index, skeleton and data with the entries in `sparse_set` in the sparse section."""
+        rows = [(g, ln, m | SPARSE if n in sparse_set else m, e, r) for n, (g, ln, m, e, r) in enumerate(index)]
+        dense = {e: [w for n, w in ws if n not in sparse_set] for e, ws in groups.items()}
+        planes = [p for e in sorted(dense) if dense[e] for p in byte_planes(np.concatenate(dense[e]), e)]
+        sections = [compress(_columns(rows, _COLUMNS) + _columns(derived, _DERIVED_COLUMNS), level), skeleton]
+        out = header + b"".join(U32.pack(len(s)) + s for s in sections) + plane_frames(planes, data_level)
+        if sparse_set:
+            out += _sparse.section([_sparse.split(matches[n].coded) for n in sorted(sparse_set)], data_level)  # type: ignore[arg-type]
+        return out
+
+    version, data = 1, body(set())
+    if sparse_entries:  # the per-tensor choice, kept only if the whole delta is smaller for it
+        with_sparse = body(set(sparse_entries))
+        if len(with_sparse) < len(data):
+            version, data = FORMAT_VERSION, with_sparse
+    sums = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
+    return _HEADER.pack(MAGIC, version, *sums, len(new), len(old)) + data
 
 
 def read_delta_header(delta: bytes) -> DeltaInfo:
