@@ -312,10 +312,14 @@ def test_sparse_changes_round_trip_at_every_density(pair: tuple[bytes, bytes]) -
     assert len(delta) <= len(A.make_delta(old, new, sparse=False))  # the chooser never makes it larger
 
 
-def _int8_pair(density: float, size: int = 50_000) -> tuple[bytes, bytes]:
+def _int8_codes(density: float, size: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(7)
     old = rng.integers(-100, 100, size).astype(np.int8)
-    new = _changed(old, rng.random(size) < density, rng)
+    return old, _changed(old, rng.random(size) < density, rng)
+
+
+def _int8_pair(density: float, size: int = 50_000) -> tuple[bytes, bytes]:
+    old, new = _int8_codes(density, size)
     return build_model([("w", old, True)]), build_model([("w", new, True)])
 
 
@@ -374,10 +378,9 @@ def test_sparse_counts_beyond_the_tensor_are_refused_before_anything_is_allocate
     size = 20_000
     old, new = _int8_pair(0.01, size=size)
     delta = A.make_delta(old, new)
-    o = np.frombuffer(old, np.int8)  # the codes, found in the files (zigzag of +1 is 2, of -1 is 1)
-    words = np.frombuffer(new, np.uint8).astype(np.int16)  # ...so rebuild the section from the models
-    start = old.index(np.random.default_rng(7).integers(-100, 100, size).astype(np.int8).tobytes())
-    moved = words[start : start + size].astype(np.int8).astype(np.int16) - o[start : start + size]
+    # The section as the encoder writes it: where the codes moved, and zigzag(±1) = 2 or 1.
+    codes_old, codes_new = _int8_codes(0.01, size)
+    moved = codes_new.astype(np.int16) - codes_old
     positions = np.flatnonzero(moved).astype(np.int64)
     values = np.where(moved[positions] > 0, 2, 1).astype(np.uint8)
     real = _sparse.section([_sparse.Sparse(size, positions, values)], 9)
