@@ -29,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import zstandard
 
+from . import _sparse
+from ._frames import U32, Reader, byte_planes, compress, inflate, plane_frames, read_planes
 from ._onnxwire import TensorSpan, WireError, initializer_spans
 from ._tensor_codes import (
     _QTYPES,
@@ -48,13 +49,16 @@ from ._tensor_codes import (
     _product,
     _words,
 )
-from .codec import inflate_bounded
-from .errors import DeltaBaseMismatchError, DeltaError, DeltaFormatError, DeltaResultError, PayloadError
+from .errors import DeltaBaseMismatchError, DeltaError, DeltaFormatError, DeltaResultError
 
 MAGIC = b"OTADLTA1"
-FORMAT_VERSION = 1
+# Version 1: dense byte planes only. Version 2 adds the sparse section (entries flagged SPARSE in
+# their method byte). A delta with no sparse entry is still written as version 1, byte for byte
+# what earlier builds wrote, so agents that read only version 1 keep taking those deltas.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+SPARSE = 0x80  # method flag: this entry's words are in the sparse section, not the plane data
 _HEADER = struct.Struct(">8sB32s32sII")  # magic, version, base sha, result sha, result length, base length
-_U32 = struct.Struct(">I")
 # The tensor index is stored column by column, each value as the difference from what the base
 # predicts (the referenced old tensor's gap and length; the old index equal to the new one), so an
 # index of mostly unchanged tensors is mostly zeros and compresses to almost nothing.
@@ -70,7 +74,6 @@ _DERIVED_COLUMNS = (
     ("qtype", "u1"),
     ("stype", "u1"),
 )
-_SINGLE_FRAME, _PLANE_FRAMES = 0, 1
 
 MAX_RESULT = 1 << 31  # 2 GiB: far above any edge model, and a bound on what a delta may ask for
 
@@ -84,19 +87,6 @@ class DeltaInfo:
     result_sha256: str
     result_length: int
     base_length: int
-
-
-def _compress(data: bytes, level: int, dict_data: bytes | None = None) -> bytes:
-    params = zstandard.ZstdCompressionParameters.from_level(
-        level,
-        source_size=len(data),
-        write_checksum=False,  # the result's sha256 in the header covers everything
-        write_content_size=False,
-        write_dict_id=False,
-        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-    )
-    zdict = zstandard.ZstdCompressionDict(dict_data, dict_type=zstandard.DICT_TYPE_RAWCONTENT) if dict_data else None
-    return zstandard.ZstdCompressor(compression_params=params, dict_data=zdict).compress(data)
 
 
 def _skeleton(buf: bytes, spans: list[TensorSpan]) -> bytes:
@@ -138,68 +128,53 @@ def _read_columns(raw: bytes, count: int, spec: tuple[tuple[str, str], ...]) -> 
     return out
 
 
-def _plane_frames(planes: list[bytes], level: int) -> bytes:
-    """Each byte plane in its own frame (own entropy tables), or all in one: whichever is smaller."""
-    separate = b"".join(_U32.pack(len(f)) + f for f in (_compress(p, level) for p in planes))
-    single = _compress(b"".join(planes), level)
-    if len(single) + 4 <= len(separate):
-        return bytes([_SINGLE_FRAME]) + _U32.pack(len(single)) + single
-    return bytes([_PLANE_FRAMES]) + separate
+def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9, sparse: bool = True) -> bytes:
+    """Encode `new` relative to `old`; `apply_delta(old, result) == new` byte for byte.
 
-
-def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9) -> bytes:
-    """Encode `new` relative to `old`; `apply_delta(old, result) == new` byte for byte."""
+    `sparse=False` keeps every tensor in dense byte planes (format version 1, for comparison).
+    """
     if max(len(old), len(new)) > MAX_RESULT:
         raise DeltaError(f"models above {MAX_RESULT} bytes are not delta-encoded; send the full payload")
     old_spans, new_spans = _spans(old), _spans(new)
     encoder = _Encoder(old, new, old_spans, new_spans)
     matches = [encoder.match(n) for n in range(len(new_spans))]
 
-    index, derived = [], []
-    groups: dict[int, list[np.ndarray]] = {}
+    index, derived, sparse_entries = [], [], []
+    groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # element width → (entry, coded words)
     prev_end = 0
     for n, (span, m) in enumerate(zip(new_spans, matches, strict=True)):
         gap, prev_end = span.start - prev_end, span.end
         base_len = old_spans[m.ref].length if 0 <= m.ref < len(old_spans) and m.method != PRODUCT else 0
         index.append((gap - _gap(old_spans, m.ref), span.length - base_len, m.method, m.elem, m.ref - n))
         if m.coded is not None:
-            groups.setdefault(m.elem, []).append(m.coded)
+            groups.setdefault(m.elem, []).append((n, m.coded))
+            if sparse and _sparse.choose(m.coded, m.elem, data_level):
+                sparse_entries.append(n)
         if m.row is not None:
             derived.append((n, *m.row))
     derived.sort(key=lambda row: matches[row[0]].method != PRODUCT)  # products first: PRED may need them
 
-    planes = [
-        np.ascontiguousarray(words.view(np.uint8).reshape(-1, elem).T[p]).tobytes()
-        for elem in sorted(groups)
-        for words in [np.concatenate(groups[elem])]
-        for p in range(elem)
-    ]
-    sections = [
-        _compress(_columns(index, _COLUMNS) + _columns(derived, _DERIVED_COLUMNS), level),
-        _compress(_skeleton(new, new_spans), level, _skeleton(old, old_spans) or None),
-    ]
-    header = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, hashlib.sha256(old).digest(), hashlib.sha256(new).digest(), len(new), len(old)
-    )
-    counts = struct.pack(">II", len(index), len(derived))
-    return header + counts + b"".join(_U32.pack(len(s)) + s for s in sections) + _plane_frames(planes, data_level)
+    header = struct.pack(">II", len(index), len(derived))
+    skeleton = compress(_skeleton(new, new_spans), level, _skeleton(old, old_spans) or None)
 
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
-        self.pos = 0
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise DeltaFormatError(f"delta is truncated in {what}")
-        out = bytes(self.data[self.pos : self.pos + n])
-        self.pos += n
+    def body(sparse_set: set[int]) -> bytes:
+        """Index, skeleton and data with the entries in `sparse_set` in the sparse section."""
+        rows = [(g, ln, m | SPARSE if n in sparse_set else m, e, r) for n, (g, ln, m, e, r) in enumerate(index)]
+        dense = {e: [w for n, w in ws if n not in sparse_set] for e, ws in groups.items()}
+        planes = [p for e in sorted(dense) if dense[e] for p in byte_planes(np.concatenate(dense[e]), e)]
+        sections = [compress(_columns(rows, _COLUMNS) + _columns(derived, _DERIVED_COLUMNS), level), skeleton]
+        out = header + b"".join(U32.pack(len(s)) + s for s in sections) + plane_frames(planes, data_level)
+        if sparse_set:
+            out += _sparse.section([_sparse.split(matches[n].coded) for n in sorted(sparse_set)], data_level)  # type: ignore[arg-type]
         return out
 
-    def frame(self, what: str) -> bytes:
-        (length,) = _U32.unpack(self.take(4, what))
-        return self.take(length, what)
+    version, data = 1, body(set())
+    if sparse_entries:  # the per-tensor choice, kept only if the whole delta is smaller for it
+        with_sparse = body(set(sparse_entries))
+        if len(with_sparse) < len(data):
+            version, data = FORMAT_VERSION, with_sparse
+    sums = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
+    return _HEADER.pack(MAGIC, version, *sums, len(new), len(old)) + data
 
 
 def read_delta_header(delta: bytes) -> DeltaInfo:
@@ -209,44 +184,12 @@ def read_delta_header(delta: bytes) -> DeltaInfo:
     magic, version, base, result, result_len, base_len = _HEADER.unpack_from(delta)
     if magic != MAGIC:
         raise DeltaFormatError("not a model delta (bad magic number)")
-    if version != FORMAT_VERSION:
-        raise DeltaFormatError(f"delta format version {version} is not supported (this build reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise DeltaFormatError(f"delta format version {version} is not supported (this build reads {readable})")
     if result_len > MAX_RESULT:
         raise DeltaFormatError(f"delta claims a {result_len}-byte result, beyond the {MAX_RESULT}-byte limit")
     return DeltaInfo(version, base.hex(), result.hex(), result_len, base_len)
-
-
-def _inflate(frame: bytes, limit: int, what: str, dict_data: bytes | None = None) -> bytes:
-    try:
-        return inflate_bounded(frame, limit, what=what, dict_data=dict_data, magicless=True)
-    except PayloadError as e:
-        raise DeltaFormatError(f"delta {what} is corrupt: {e}") from e
-
-
-def _read_planes(r: _Reader, words_per_elem: dict[int, int], limit: int) -> dict[int, np.ndarray]:
-    """The plane data back into one word stream per element width."""
-    sizes = [words_per_elem[e] for e in sorted(words_per_elem) for _ in range(e)]
-    if sum(n * 1 for n in sizes) > limit:
-        raise DeltaFormatError("delta tensor index claims more data than the result holds")
-    (layout,) = r.take(1, "the data layout")
-    if layout == _SINGLE_FRAME:
-        data = _inflate(r.frame("the tensor data"), sum(sizes), "tensor data")
-        planes, pos = [], 0
-        for size in sizes:
-            planes.append(data[pos : pos + size])
-            pos += size
-    elif layout == _PLANE_FRAMES:
-        planes = [_inflate(r.frame("a byte plane"), size, "byte plane") for size in sizes]
-    else:
-        raise DeltaFormatError(f"delta data layout {layout} is unknown")
-    if [len(p) for p in planes] != sizes:
-        raise DeltaFormatError("delta tensor data is shorter than its index says")
-    streams, k = {}, 0
-    for elem in sorted(words_per_elem):
-        block = np.frombuffer(b"".join(planes[k : k + elem]), dtype=np.uint8).reshape(elem, -1)
-        streams[elem] = np.ascontiguousarray(block.T).reshape(-1).view(np.dtype(_UINT[elem]).newbyteorder("<"))
-        k += elem
-    return streams
 
 
 def apply_delta(old: bytes, delta: bytes) -> bytes:
@@ -257,48 +200,60 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
             f"delta was made against base sha256 {info.base_sha256[:16]}…, "
             f"not this model ({hashlib.sha256(old).hexdigest()[:16]}…)"
         )
-    r = _Reader(delta)
-    r.pos = _HEADER.size
+    r = Reader(delta, _HEADER.size)
     count, n_derived = struct.unpack(">II", r.take(8, "the entry counts"))
     if count > info.result_length or n_derived > count:
         raise DeltaFormatError(f"delta lists an implausible {count} tensors")
     index_size = count * sum(np.dtype(t).itemsize for _, t in _COLUMNS)
     derived_size = n_derived * sum(np.dtype(t).itemsize for _, t in _DERIVED_COLUMNS)
-    raw_index = _inflate(r.frame("the tensor index"), index_size + derived_size, "tensor index")
+    raw_index = inflate(r.frame("the tensor index"), index_size + derived_size, "tensor index")
     columns = _read_columns(raw_index[:index_size], count, _COLUMNS)
     derived = list(zip(*_read_columns(raw_index[index_size:], n_derived, _DERIVED_COLUMNS), strict=True))
     old_spans = _spans(old)
-    skeleton = _inflate(r.frame("the skeleton"), info.result_length, "skeleton", _skeleton(old, old_spans) or None)
+    skeleton = inflate(r.frame("the skeleton"), info.result_length, "skeleton", _skeleton(old, old_spans) or None)
 
-    # Resolve every entry: its old tensor, its skeleton gap and length, its place in the plane data.
+    # Resolve every entry: its old tensor, its skeleton gap and length, its place in the plane data
+    # (dense) or in the sparse section.
     entries = []
     words_per_elem: dict[int, int] = {}
+    sparse_sizes: list[tuple[int, int]] = []
     derived_entries = {row[0] for row in derived}
-    for n, (gap_d, len_d, method, elem, rel) in enumerate(zip(*columns, strict=True)):
-        ref = n + rel
+    total = 0
+    for n, (gap_d, len_d, flagged, elem, rel) in enumerate(zip(*columns, strict=True)):
+        ref, method = n + rel, flagged & ~SPARSE
+        is_sparse = flagged != method  # a version-2 flag, on anything but SAME
         base = old_spans[ref] if 0 <= ref < len(old_spans) and method != PRODUCT else None
         gap, length = gap_d + _gap(old_spans, ref), len_d + (base.length if base else 0)
-        if method > PRODUCT or elem not in _UINT or length < 0 or gap < 0 or length % elem:
-            raise DeltaFormatError(f"delta tensor entry {n} is invalid (method {method}, width {elem})")
+        total += max(length, 0)
+        bad_flag = is_sparse and (method == SAME or info.format_version < 2)
+        if method > PRODUCT or elem not in _UINT or length < 0 or gap < 0 or length % elem or bad_flag:
+            raise DeltaFormatError(f"delta tensor entry {n} is invalid (method {flagged}, width {elem})")
+        if total > info.result_length:
+            raise DeltaFormatError(f"delta tensor entries up to {n} hold more bytes than the result")
         if method in (SAME, SUB, XOR, PRED) and (base is None or base.length != length):
             raise DeltaFormatError(f"delta entry {n} references a tensor the base does not have")
         if (method in (PRED, PRODUCT)) != (n in derived_entries):
             raise DeltaFormatError(f"delta entry {n} lacks its derivation row")
-        start = words_per_elem.get(elem, 0)
-        if method != SAME:
-            words_per_elem[elem] = start + length // elem
-        entries.append((gap, length, method, elem, base, start))
-    streams = _read_planes(r, words_per_elem, info.result_length)
+        if is_sparse:
+            start = len(sparse_sizes)
+            sparse_sizes.append((length // elem, elem))
+        else:
+            start = words_per_elem.get(elem, 0)
+            if method != SAME:
+                words_per_elem[elem] = start + length // elem
+        entries.append((gap, length, method, elem, base, start, is_sparse))
+    streams = read_planes(r, words_per_elem, info.result_length, "tensor data")
+    sparse_words = _sparse.read_section(r, sparse_sizes) if sparse_sizes else []
     if r.pos != len(delta):
         raise DeltaFormatError(f"delta has {len(delta) - r.pos} unexpected trailing bytes")
 
     def coded(n: int) -> np.ndarray:
-        _, length, _, elem, _, start = entries[n]
-        return streams[elem][start : start + length // elem]
+        _, length, _, elem, _, start, is_sparse = entries[n]
+        return sparse_words[start] if is_sparse else streams[elem][start : start + length // elem]
 
     # Plain entries first; then derived ones in the order listed (each may use those before it).
     pieces: list[bytes | None] = [None] * count
-    for n, (_, _, method, elem, base, _) in enumerate(entries):
+    for n, (_, _, method, elem, base, *_) in enumerate(entries):
         if method == SAME:
             pieces[n] = old[base.start : base.end]  # type: ignore[union-attr]
         elif method == RAW:
@@ -306,7 +261,7 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
         elif method in (SUB, XOR):
             pieces[n] = _inverse(method, coded(n), _words(old[base.start : base.end], elem), elem).tobytes()  # type: ignore[union-attr]
     for n, a, b, c, d, inner, qtype, stype in derived:
-        _, length, method, elem, base, _ = entries[n]
+        _, length, method, elem, base, *_ = entries[n]
         try:
             if pieces[n] is not None or not all(
                 k < 0 or pieces[k] is not None for k in (a, b) if method == PRODUCT or k == a

@@ -260,3 +260,137 @@ def test_quantized_fine_tune_pays_only_for_real_changes(tmp_path: Path) -> None:
         except A.DeltaError:
             continue
         assert rebuilt == new  # only possible where the flipped bits did not matter
+
+
+# --- sparse changes (issue 14): few values of a tensor change -----------------------------------
+
+SPARSE_DTYPES = [np.int8, np.uint8, np.float32, np.float16, np.int64]
+
+
+def _changed(values: np.ndarray, where: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`values` with the flagged elements moved: ±1 codes for integers, a small nudge for floats."""
+    out = values.reshape(-1).copy()
+    if out.dtype.kind in "iu":
+        info = np.iinfo(out.dtype)
+        step = rng.choice([-1, 1], size=int(where.sum()))
+        moved = out[where].astype(np.int64) + step
+        moved = np.where((moved < info.min) | (moved > info.max), out[where].astype(np.int64) - step, moved)
+        out[where] = moved.astype(out.dtype)
+    else:
+        out[where] = (out[where] * (1 + 1e-2 * rng.standard_normal(int(where.sum())))).astype(out.dtype)
+        out[where] = np.where(out[where] == values.reshape(-1)[where], out[where] + 1, out[where])
+    return out.reshape(values.shape)
+
+
+@st.composite
+def sparse_pair(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """Tensors where 0 % … 100 % of the values change, first and last elements included, or the shape."""
+    tensors_old, tensors_new = [], []
+    for i in range(draw(st.integers(1, 3))):
+        dtype = draw(st.sampled_from(SPARSE_DTYPES))
+        size = draw(st.integers(1, 3000))
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        values = (rng.standard_normal(size) * 40).astype(dtype)
+        density = draw(st.sampled_from([0.0, 0.005, 0.01, 0.05, 0.2, 0.5, 0.9, 1.0]))
+        where = rng.random(size) < density
+        where[0] |= draw(st.booleans())
+        where[-1] |= draw(st.booleans())
+        new = _changed(values, where, rng)
+        if draw(st.integers(0, 5)) == 0:  # changed in shape: falls back to a whole-tensor code
+            new = np.concatenate([new, new[:1]])
+        tensors_old.append((f"t{i}", values, True))
+        tensors_new.append((f"t{i}", new, True))
+    return build_model(tensors_old), build_model(tensors_new)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sparse_pair())
+def test_sparse_changes_round_trip_at_every_density(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    delta = A.make_delta(old, new)
+    assert A.apply_delta(old, delta) == new
+    assert len(delta) <= len(A.make_delta(old, new, sparse=False))  # the chooser never makes it larger
+
+
+def _int8_codes(density: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    old = rng.integers(-100, 100, size).astype(np.int8)
+    return old, _changed(old, rng.random(size) < density, rng)
+
+
+def _int8_pair(density: float, size: int = 50_000) -> tuple[bytes, bytes]:
+    old, new = _int8_codes(density, size)
+    return build_model([("w", old, True)]), build_model([("w", new, True)])
+
+
+def test_a_one_percent_change_is_sent_sparse_and_a_ninety_percent_change_dense() -> None:
+    old, new = _int8_pair(0.01)
+    sparse, dense = A.make_delta(old, new), A.make_delta(old, new, sparse=False)
+    assert A.apply_delta(old, sparse) == new
+    assert A.read_delta_header(sparse).format_version == 2
+    # ~500 changes of ±1 among 50,000 codes: ~8 bits for where, ~1 bit for which way.
+    assert len(sparse) < 0.7 * len(dense)
+    assert len(sparse) < 1.2 * 500 * 9 / 8 + 200
+
+    old, new = _int8_pair(0.9)
+    chosen = A.make_delta(old, new)
+    assert chosen == A.make_delta(old, new, sparse=False)  # dense planes, unchanged format
+    assert A.read_delta_header(chosen).format_version == 1
+    assert A.apply_delta(old, chosen) == new
+
+
+def test_version_1_deltas_still_apply_and_unknown_versions_are_named() -> None:
+    old, new = _int8_pair(0.01)
+    v1 = A.make_delta(old, new, sparse=False)
+    assert A.read_delta_header(v1).format_version == 1
+    assert A.apply_delta(old, v1) == new
+    v2 = A.make_delta(old, new)
+    with pytest.raises(A.DeltaFormatError, match="version 3 is not supported"):
+        A.apply_delta(old, v2[:8] + b"\x03" + v2[9:])
+    # A version-1 delta may not use the sparse section: a v2 delta relabelled v1 is refused.
+    with pytest.raises(A.DeltaFormatError):
+        A.apply_delta(old, v2[:8] + b"\x01" + v2[9:])
+
+
+def test_truncated_or_damaged_sparse_sections_are_refused_with_the_delta_error() -> None:
+    old, new = _int8_pair(0.01, size=20_000)
+    delta = A.make_delta(old, new)
+    assert A.read_delta_header(delta).format_version == 2
+    tail = range(max(81, len(delta) - 400), len(delta))  # the sparse section is the end of the delta
+    for cut in tail:
+        with pytest.raises(A.DeltaFormatError):
+            A.apply_delta(old, delta[:cut])
+    for position in tail:
+        for flip in (0x01, 0x80, 0xFF):
+            damaged = bytearray(delta)
+            damaged[position] ^= flip
+            try:
+                rebuilt = A.apply_delta(old, bytes(damaged))
+            except A.DeltaError:
+                continue
+            assert rebuilt == new  # only where the flipped bits did not matter
+
+
+def test_sparse_counts_beyond_the_tensor_are_refused_before_anything_is_allocated() -> None:
+    """A hostile sparse section claims more changes than the tensor holds, or a change past its end."""
+    from artifact import _sparse
+
+    size = 20_000
+    old, new = _int8_pair(0.01, size=size)
+    delta = A.make_delta(old, new)
+    # The section as the encoder writes it: where the codes moved, and zigzag(±1) = 2 or 1.
+    codes_old, codes_new = _int8_codes(0.01, size)
+    moved = codes_new.astype(np.int16) - codes_old
+    positions = np.flatnonzero(moved).astype(np.int64)
+    values = np.where(moved[positions] > 0, 2, 1).astype(np.uint8)
+    real = _sparse.section([_sparse.Sparse(size, positions, values)], 9)
+    assert delta.endswith(real)
+    prefix = delta[: len(delta) - len(real)]
+    assert A.apply_delta(old, prefix + real) == new
+
+    too_many = _sparse.Sparse(size + 10, np.arange(size + 10, dtype=np.int64), np.ones(size + 10, np.uint8))
+    with pytest.raises(A.DeltaFormatError, match="more changes than a tensor holds"):
+        A.apply_delta(old, prefix + _sparse.section([too_many], 9))
+    past_end = _sparse.Sparse(size * 64, np.array([size * 63], np.int64), np.ones(1, np.uint8))
+    with pytest.raises(A.DeltaFormatError, match=r"outside its tensor|do not match"):
+        A.apply_delta(old, prefix + _sparse.section([past_end], 9))
