@@ -42,7 +42,7 @@ async def boot(dev: Device) -> None:
             refused.append((slot, _abandon(dev, slot)))
             continue
         try:
-            content = await asyncio.to_thread(dev.slots.load, slot, trust=dev.config.trust, model=dev.config.model)
+            content = await asyncio.to_thread(dev.slots.load, slot, trust=dev.trust, model=dev.config.model)
             attempts[slot] = attempts.get(slot, 0) + 1
             dev.save()  # persisted before loading: a load that kills the process is counted
             dev.crash_point(f"boot:loading:{slot}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,3 +107,41 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def trust_root(
+    version: int,
+    keys: list[A.SigningKey],
+    signers: list[A.SigningKey],
+    *,
+    threshold: int = 1,
+    expires: datetime | None = None,
+) -> bytes:
+    """A root document of the root of trust (artifact.trust), valid for a year unless `expires` says otherwise."""
+    return A.sign_root(
+        version=version,
+        expires=expires or datetime.now(UTC) + timedelta(days=365),
+        keys=[k.verify_key for k in keys],
+        threshold=threshold,
+        signers=signers,
+    )
+
+
+def trust_keys(
+    version: int,
+    publishers: list[A.SigningKey],
+    signers: list[A.SigningKey],
+    *,
+    revoked: Sequence[A.SigningKey] = (),
+    threshold: int = 1,
+    expires: datetime | None = None,
+) -> bytes:
+    """A keys document naming `publishers` (and revoking `revoked`), signed by root keys `signers`."""
+    return A.sign_keys(
+        version=version,
+        expires=expires or datetime.now(UTC) + timedelta(days=365),
+        keys=[k.verify_key for k in publishers],
+        threshold=threshold,
+        revoked=[k.keyid for k in revoked],
+        signers=signers,
+    )

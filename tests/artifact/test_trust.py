@@ -10,35 +10,14 @@ from typing import Any
 import pytest
 
 import artifact as A
+from tests.support import trust_keys, trust_root
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-LATER = NOW + timedelta(days=365)
 
 
 @pytest.fixture(scope="module")
 def keys() -> dict[str, A.SigningKey]:
     return {name: A.generate_key() for name in ("root1", "root2", "root3", "pub1", "pub2")}
-
-
-def root(v: int, keys: list[A.SigningKey], signers: list[A.SigningKey], threshold: int = 1, **kw: Any) -> bytes:
-    return A.sign_root(
-        version=v,
-        expires=kw.get("expires", LATER),
-        keys=[k.verify_key for k in keys],
-        threshold=threshold,
-        signers=signers,
-    )
-
-
-def keysdoc(v: int, pubs: list[A.SigningKey], signers: list[A.SigningKey], **kw: Any) -> bytes:
-    return A.sign_keys(
-        version=v,
-        expires=kw.get("expires", LATER),
-        keys=[k.verify_key for k in pubs],
-        threshold=kw.get("threshold", 1),
-        revoked=kw.get("revoked", ()),
-        signers=signers,
-    )
 
 
 def chain(roots: list[bytes], keys: bytes | None = None) -> A.TrustChain:
@@ -52,9 +31,9 @@ def start(keys: dict[str, A.SigningKey]) -> Callable[[], A.TrustState]:
     """A device that trusts root v1 (root1) and accepted keys v1 (pub1)."""
 
     def make() -> A.TrustState:
-        r1 = root(1, [keys["root1"]], [keys["root1"]])
+        r1 = trust_root(1, [keys["root1"]], [keys["root1"]])
         state = A.TrustState.from_root(r1)
-        return state.update(chain([r1], keysdoc(1, [keys["pub1"]], [keys["root1"]])), now=NOW)
+        return state.update(chain([r1], trust_keys(1, [keys["pub1"]], [keys["root1"]])), now=NOW)
 
     return make
 
@@ -66,14 +45,14 @@ def test_keys_document_yields_the_publisher_policy(
     policy = state.policy()
     assert policy is not None and set(policy.keys) == {keys["pub1"].keyid}
     assert state.tag == "r1-k1"
-    assert A.TrustState.from_root(root(1, [keys["root1"]], [keys["root1"]])).policy() is None
+    assert A.TrustState.from_root(trust_root(1, [keys["root1"]], [keys["root1"]])).policy() is None
 
 
 def test_revoked_publisher_key_cannot_sign_artifacts(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey], make_artifact: Callable[..., bytes]
 ) -> None:
     pub1, pub2 = keys["pub1"], keys["pub2"]
-    state = start().update(chain([], keysdoc(2, [pub2], [keys["root1"]], revoked=[pub1.keyid])), now=NOW)
+    state = start().update(chain([], trust_keys(2, [pub2], [keys["root1"]], revoked=[pub1])), now=NOW)
     policy = state.policy()
     assert policy is not None
     with pytest.raises(A.RevokedKeyError, match=pub1.keyid):
@@ -86,7 +65,7 @@ def test_keys_document_not_signed_by_the_root_is_refused(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
 ) -> None:
     state = start()
-    forged = keysdoc(2, [keys["pub2"]], [keys["pub1"]])  # a publisher signing its own promotion
+    forged = trust_keys(2, [keys["pub2"]], [keys["pub1"]])  # a publisher signing its own promotion
     with pytest.raises(A.TrustSignatureError, match="not signed by the threshold of root v1"):
         state.update(chain([], forged), now=NOW)
     assert state.policy() is not None and keys["pub1"].keyid in state.policy().keys  # type: ignore[union-attr]
@@ -95,10 +74,8 @@ def test_keys_document_not_signed_by_the_root_is_refused(
 def test_keys_document_replayed_from_before_is_refused(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
 ) -> None:
-    old = keysdoc(1, [keys["pub1"]], [keys["root1"]])
-    state = start().update(
-        chain([], keysdoc(2, [keys["pub2"]], [keys["root1"]], revoked=[keys["pub1"].keyid])), now=NOW
-    )
+    old = trust_keys(1, [keys["pub1"]], [keys["root1"]])
+    state = start().update(chain([], trust_keys(2, [keys["pub2"]], [keys["root1"]], revoked=[keys["pub1"]])), now=NOW)
     with pytest.raises(A.TrustRollbackError, match="older than the trusted keys v2"):
         state.update(chain([], old), now=NOW)
 
@@ -106,13 +83,13 @@ def test_keys_document_replayed_from_before_is_refused(
 def test_keys_document_forked_at_the_same_version_is_refused(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
 ) -> None:
-    other = keysdoc(1, [keys["pub2"]], [keys["root1"]])
+    other = trust_keys(1, [keys["pub2"]], [keys["root1"]])
     with pytest.raises(A.TrustRollbackError, match="same version"):
         start().update(chain([], other), now=NOW)
 
 
 def test_expired_keys_document_is_refused(start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]) -> None:
-    stale = keysdoc(2, [keys["pub2"]], [keys["root1"]], expires=NOW - timedelta(seconds=1))
+    stale = trust_keys(2, [keys["pub2"]], [keys["root1"]], expires=NOW - timedelta(seconds=1))
     with pytest.raises(A.TrustExpiredError, match="keys v2 expired"):
         start().update(chain([], stale), now=NOW)
 
@@ -120,18 +97,18 @@ def test_expired_keys_document_is_refused(start: Callable[[], A.TrustState], key
 def test_root_rotation_needs_old_and_new_thresholds(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
 ) -> None:
-    r1 = root(1, [keys["root1"]], [keys["root1"]])
-    r2 = root(2, [keys["root2"]], [keys["root1"], keys["root2"]])
-    k2 = keysdoc(2, [keys["pub2"]], [keys["root2"]])
+    r1 = trust_root(1, [keys["root1"]], [keys["root1"]])
+    r2 = trust_root(2, [keys["root2"]], [keys["root1"], keys["root2"]])
+    k2 = trust_keys(2, [keys["pub2"]], [keys["root2"]])
     state = start().update(chain([r1, r2], k2), now=NOW)
     assert state.tag == "r2-k2"
     # the old root key alone no longer signs keys documents
     with pytest.raises(A.TrustSignatureError):
-        state.update(chain([r2], keysdoc(3, [keys["pub1"]], [keys["root1"]])), now=NOW)
-    only_new = root(2, [keys["root2"]], [keys["root2"]])  # a thief of root2 cannot rotate without root1
+        state.update(chain([r2], trust_keys(3, [keys["pub1"]], [keys["root1"]])), now=NOW)
+    only_new = trust_root(2, [keys["root2"]], [keys["root2"]])  # a thief of root2 cannot rotate without root1
     with pytest.raises(A.TrustSignatureError, match="threshold of root v1"):
         start().update(chain([only_new]), now=NOW)
-    only_old = root(2, [keys["root2"]], [keys["root1"]])
+    only_old = trust_root(2, [keys["root2"]], [keys["root1"]])
     with pytest.raises(A.TrustSignatureError, match="its own root keys"):
         start().update(chain([only_old]), now=NOW)
 
@@ -140,39 +117,39 @@ def test_root_chain_with_a_skipped_version_is_refused(
     start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
 ) -> None:
     r1, r2, r3 = keys["root1"], keys["root2"], keys["root3"]
-    skip = root(3, [r3], [r1, r3])  # signed by root v1's keys: still not accepted without v2
+    skip = trust_root(3, [r3], [r1, r3])  # signed by root v1's keys: still not accepted without v2
     with pytest.raises(A.TrustSkippedVersionError, match="v2 is missing"):
-        start().update(chain([root(1, [r1], [r1]), skip]), now=NOW)
-    full = [root(1, [r1], [r1]), root(2, [r2], [r1, r2]), root(3, [r3], [r2, r3])]
+        start().update(chain([trust_root(1, [r1], [r1]), skip]), now=NOW)
+    full = [trust_root(1, [r1], [r1]), trust_root(2, [r2], [r1, r2]), trust_root(3, [r3], [r2, r3])]
     assert start().update(chain(full), now=NOW).root.version == 3
 
 
 def test_root_rollback_and_fork_are_refused(start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]) -> None:
     r1, r2 = keys["root1"], keys["root2"]
-    state = start().update(chain([root(1, [r1], [r1]), root(2, [r2], [r1, r2])]), now=NOW)
+    state = start().update(chain([trust_root(1, [r1], [r1]), trust_root(2, [r2], [r1, r2])]), now=NOW)
     with pytest.raises(A.TrustRollbackError, match="below the trusted root v2"):
-        state.update(chain([root(1, [r1], [r1])]), now=NOW)
-    fork = root(2, [r1, r2], [r1, r2])  # another v2
+        state.update(chain([trust_root(1, [r1], [r1])]), now=NOW)
+    fork = trust_root(2, [r1, r2], [r1, r2])  # another v2
     with pytest.raises(A.TrustRollbackError, match="differs"):
         state.update(chain([fork]), now=NOW)
 
 
 def test_expired_new_root_is_refused(start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]) -> None:
     r1, r2 = keys["root1"], keys["root2"]
-    stale = root(2, [r2], [r1, r2], expires=NOW - timedelta(days=1))
+    stale = trust_root(2, [r2], [r1, r2], expires=NOW - timedelta(days=1))
     with pytest.raises(A.TrustExpiredError, match="root v2 expired"):
         start().update(chain([stale]), now=NOW)
 
 
 def test_root_threshold_of_two_needs_two_signatures(keys: dict[str, A.SigningKey]) -> None:
     r1, r2, r3 = keys["root1"], keys["root2"], keys["root3"]
-    v1 = root(1, [r1, r2, r3], [r1, r2], threshold=2)
+    v1 = trust_root(1, [r1, r2, r3], [r1, r2], threshold=2)
     state = A.TrustState.from_root(v1)
     with pytest.raises(A.TrustSignatureError, match="1 valid signature"):
-        state.update(chain([], keysdoc(1, [keys["pub1"]], [r1])), now=NOW)
-    assert state.update(chain([], keysdoc(1, [keys["pub1"]], [r2, r3])), now=NOW).tag == "r1-k1"
+        state.update(chain([], trust_keys(1, [keys["pub1"]], [r1])), now=NOW)
+    assert state.update(chain([], trust_keys(1, [keys["pub1"]], [r2, r3])), now=NOW).tag == "r1-k1"
     with pytest.raises(A.TrustSignatureError):
-        A.TrustState.from_root(root(1, [r1, r2], [r1], threshold=2))
+        A.TrustState.from_root(trust_root(1, [r1, r2], [r1], threshold=2))
 
 
 @pytest.mark.parametrize(
@@ -195,7 +172,7 @@ def test_root_threshold_of_two_needs_two_signatures(keys: dict[str, A.SigningKey
 def test_malformed_root_is_refused_with_a_reason(
     keys: dict[str, A.SigningKey], mutate: Callable[[dict[str, Any]], None], message: str
 ) -> None:
-    doc = json.loads(root(1, [keys["root1"]], [keys["root1"]]))
+    doc = json.loads(trust_root(1, [keys["root1"]], [keys["root1"]]))
     mutate(doc)
     with pytest.raises(A.TrustFormatError, match=message):
         A.TrustState.from_root(json.dumps(doc).encode())
@@ -209,12 +186,12 @@ def test_oversized_and_garbled_documents_are_refused(keys: dict[str, A.SigningKe
     with pytest.raises(A.TrustFormatError, match="at most"):
         A.TrustChain.from_json({"roots": [{}] * (A.MAX_CHAIN_ROOTS + 1), "keys": None})
     with pytest.raises(A.TrustFormatError, match="both trusted and revoked"):
-        keysdoc(1, [keys["pub1"]], [keys["root1"]], revoked=[keys["pub1"].keyid])
+        trust_keys(1, [keys["pub1"]], [keys["root1"]], revoked=[keys["pub1"]])
 
 
 def test_a_tampered_document_does_not_verify(start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]) -> None:
-    doc = json.loads(keysdoc(2, [keys["pub2"]], [keys["root1"]]))
+    doc = json.loads(trust_keys(2, [keys["pub2"]], [keys["root1"]]))
     doc["signed"]["threshold"] = 1
-    doc["signed"]["keys"].update(json.loads(keysdoc(2, [keys["pub1"]], [keys["root1"]]))["signed"]["keys"])
+    doc["signed"]["keys"].update(json.loads(trust_keys(2, [keys["pub1"]], [keys["root1"]]))["signed"]["keys"])
     with pytest.raises(A.TrustSignatureError, match="altered"):
         start().update(A.TrustChain((), doc), now=NOW)
