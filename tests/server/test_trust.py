@@ -50,9 +50,7 @@ def test_revoked_publisher_key_cannot_publish(
     chain = client.get("/v1/trust")
     assert chain.status_code == 200 and chain.json()["tag"] == "r1-k1"
     assert client.get("/v1/trust", headers={"If-None-Match": chain.headers["etag"]}).status_code == 304
-    state = A.TrustState.from_root(root1).update(
-        A.TrustChain.from_json(chain.json()), now=datetime.now(UTC)
-    )
+    state = A.TrustState.from_root(root1).update(A.TrustChain.from_json(chain.json()), now=datetime.now(UTC))
     assert state.policy() is not None and set(state.policy().keys) == {other_key.keyid}  # type: ignore[union-attr]
     poll = client.get("/v1/device/update", params={"current_version": 2}, headers=bearer(enroll(client)))
     assert poll.status_code == 204 and poll.headers["ota-trust-version"] == "r1-k1"
