@@ -214,7 +214,7 @@ def _simulate(args: argparse.Namespace, secret: str | None) -> int:
     except (A.KeyFileError, ValueError) as e:
         return _fail(e)
     if trust is None and root is None:
-        return _fail("pass --root ROOT.json or --trust KEY.pub")
+        return _fail("a fleet needs a root of trust (--root) or trusted publisher keys (--trust)")
     options = FleetOptions(
         server=args.server,
         model=args.model,

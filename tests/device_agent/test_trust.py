@@ -16,7 +16,7 @@ from tests.support import trust_keys, trust_root
 
 from .conftest import AgentThread, wait_until
 from .fakeserver import FakeServer
-from .models import Release, make_release
+from .models import Release, make_release, png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +162,32 @@ def test_legacy_trust_keys_keep_working_without_a_root(
     agent = run_agent()
     agent.wait_version(1)
     assert server.requests_to("/v1/trust") == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b" " * (3 << 20), b"[" * 100_000, b'{"roots": 5, "keys": null}'],
+    ids=["above-the-cap", "deeply-nested", "not-a-chain"],
+)
+def test_hostile_trust_answer_is_dropped_and_the_device_keeps_serving(
+    body: bytes,
+    server: FakeServer,
+    rooted: Callable[..., AgentThread],
+    root_key: A.SigningKey,
+    root1: bytes,
+    key: A.SigningKey,
+    releases: dict[int, Release],
+) -> None:
+    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
+    server.publish(releases[1])
+    agent = rooted()
+    agent.wait_version(1)
+    server.answer_hook = lambda m, p: (200, {"Content-Type": "application/json"}, [body]) if p == "/v1/trust" else None
+    server.trust = {**server.trust, "tag": "r1-k2"}
+    fetches = server.requests_to("/v1/trust")
+    wait_until(lambda: server.requests_to("/v1/trust") >= fetches + 1, what="the agent to fetch the hostile chain")
+    assert agent.agent.predict(png_bytes(16))["version"] == 1 and agent.error is None
+    assert agent.agent.status()["trust"]["tag"] == "r1-k1"
+    server.answer_hook = None
+    server.publish(releases[2])
+    agent.wait_version(2)
