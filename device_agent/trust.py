@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import artifact as A
 
-from .errors import SlotError
+from .boot import boot
+from .errors import SlotError, TrustPendingError
 from .fsutil import Disk, read_json
 from .slots import SLOTS
 
@@ -56,13 +57,14 @@ class TrustKeeper:
         return self.root is not None
 
     def policy(self) -> A.TrustPolicy:
-        """The publisher policy artifacts are checked with now."""
+        """The publisher policy artifacts are checked with now; :class:`TrustPendingError` (transient:
+        nothing is judged) before a root-only device has accepted a keys document."""
         policy = self.state.policy() if self.state is not None else None
         if policy is not None:
             return policy
         if self.fallback is not None:
             return self.fallback
-        raise A.UnknownKeyError("no publisher key is trusted yet: the server has served no keys document")
+        raise TrustPendingError("no publisher key is trusted yet: the server has served no keys document")
 
     @property
     def ready(self) -> bool:
@@ -71,10 +73,7 @@ class TrustKeeper:
     def describe(self) -> dict[str, Any]:
         """For /status: where the publisher keys come from, and which ones."""
         state = self.state
-        try:
-            keys = sorted(self.policy().keys)
-        except A.UnknownKeyError:
-            keys = []
+        keys = sorted(self.policy().keys) if self.ready else []
         if state is None:
             return {"source": "--trust", "publisher_keys": keys}
         return {"source": "root", "tag": state.tag, "server_tag": self.seen_tag, "publisher_keys": keys}
@@ -146,8 +145,6 @@ async def refresh_trust(dev: Device) -> bool:
 
 async def recheck_served(dev: Device) -> None:
     """After a trust change: keep serving the active model only if its slot still passes the door."""
-    from .boot import boot  # boot imports modules that import this one
-
     slot, served = dev.slots.active(), dev.holder.version
     if served is None:  # nothing served (no keys were trusted at start?): boot with the new trust
         if any(dev.slots.version(s) is not None for s in SLOTS):

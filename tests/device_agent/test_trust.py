@@ -191,3 +191,21 @@ def test_hostile_trust_answer_is_dropped_and_the_device_keeps_serving(
     server.answer_hook = None
     server.publish(releases[2])
     agent.wait_version(2)
+
+
+def test_offer_before_any_keys_document_waits_instead_of_being_condemned(
+    server: FakeServer,
+    rooted: Callable[..., AgentThread],
+    root_key: A.SigningKey,
+    root1: bytes,
+    key: A.SigningKey,
+    releases: dict[int, Release],
+) -> None:
+    server.trust = chain([root1], None)
+    server.publish(releases[1])
+    agent = rooted()
+    pending = wait_until(lambda: events(server, "failed", "no_trusted_keys"), what="no_trusted_keys reported")
+    assert pending[0]["version"] == 1 and agent.version is None
+    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
+    agent.wait_version(1)  # the same version, once the root named its signer
+    assert len(events(server, "failed", "no_trusted_keys")) == 1
