@@ -139,8 +139,25 @@ async def refresh_trust(dev: Device) -> bool:
         state = keeper.state
         assert state is not None
         log.info("trust updated to %s", state.tag)
+        _forgive_unknown_signers(dev)
         await recheck_served(dev)
     return changed
+
+
+# Refusals that new publisher keys can undo: a version signed by a key the device did not trust yet
+# (a server process that offered it a moment before its chain tag changed) is judged again.
+SIGNER_REASONS = frozenset({"unknown_key", "threshold"})
+
+
+def _forgive_unknown_signers(dev: Device) -> None:
+    rec = dev.record
+    forgiven = [v for v, reason in rec.failed.items() if reason in SIGNER_REASONS]
+    if forgiven:
+        for version in forgiven:
+            del rec.failed[version]
+        rec.etag, rec.etag_version = None, None
+        dev.save()
+        log.info("versions %s will be judged again under the new publisher keys", forgiven)
 
 
 async def recheck_served(dev: Device) -> None:

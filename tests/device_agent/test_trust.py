@@ -209,3 +209,24 @@ def test_offer_before_any_keys_document_waits_instead_of_being_condemned(
     server.trust = chain([root1], trust_keys(1, [key], [root_key]))
     agent.wait_version(1)  # the same version, once the root named its signer
     assert len(events(server, "failed", "no_trusted_keys")) == 1
+
+
+def test_version_refused_for_an_unknown_signer_is_judged_again_once_the_root_names_it(
+    server: FakeServer,
+    rooted: Callable[..., AgentThread],
+    root_key: A.SigningKey,
+    root1: bytes,
+    key: A.SigningKey,
+    stranger_key: A.SigningKey,
+    releases: dict[int, Release],
+) -> None:
+    """Two server processes a moment apart: the offer by the new key arrives before the new chain tag."""
+    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
+    server.publish(releases[1])
+    agent = rooted()
+    agent.wait_version(1)
+    server.publish(make_release(2, [stranger_key]))
+    refused = wait_until(lambda: server.events_of("failed", 2), what="v2 refused")
+    assert refused[0]["reason"] == "unknown_key"
+    server.trust = chain([root1], trust_keys(2, [key, stranger_key], [root_key]))
+    agent.wait_version(2)
