@@ -1,7 +1,7 @@
 """The artifact contract every part shares: manifest, keys, the one verification door and the install
 checks behind it, payload codec, artifact files, model-aware deltas and the ONNX graph's edges.
 Pure library: no I/O beyond what callers hand in (save/load of key files excepted, and the one
-atomic file writer every part uses).
+atomic file writer every part uses); the root of trust that rotates publisher keys (:mod:`artifact.trust`).
 
 Everything public is named here; modules prefixed with `_` are private.
 """
@@ -28,10 +28,17 @@ from .errors import (
     ManifestError,
     ModelMismatchError,
     PayloadError,
+    RevokedKeyError,
     SignatureError,
     ThresholdError,
     TooLongError,
     TruncatedError,
+    TrustError,
+    TrustExpiredError,
+    TrustFormatError,
+    TrustRollbackError,
+    TrustSignatureError,
+    TrustSkippedVersionError,
     UnknownKeyError,
     UnsupportedEncodingError,
 )
@@ -69,11 +76,23 @@ from .manifest import (
 )
 from .onnx_io import GraphIO, TensorIO, read_graph_io
 from .preprocess import golden_seed_input, image_to_input, input_shape
+from .trust import (
+    MAX_CHAIN_ROOTS,
+    MAX_TRUST_DOCUMENT_BYTES,
+    TrustChain,
+    TrustDocument,
+    TrustState,
+    parse_document,
+    sign_keys,
+    sign_root,
+)
 from .verify import TrustPolicy, VerifiedManifest, check_bytes, read_verified, verify_manifest
 
 __all__ = [
     "ENCODING_ONNX_ZSTD",
+    "MAX_CHAIN_ROOTS",
     "MAX_MANIFEST_BYTES",
+    "MAX_TRUST_DOCUMENT_BYTES",
     "MAX_VERSION",
     "MODEL_NAME_PATTERN",
     "SHA256_HEX_PATTERN",
@@ -105,6 +124,7 @@ __all__ = [
     "PayloadError",
     "PayloadInfo",
     "Preprocess",
+    "RevokedKeyError",
     "Signature",
     "SignatureError",
     "SigningKey",
@@ -113,7 +133,16 @@ __all__ = [
     "ThresholdError",
     "TooLongError",
     "TruncatedError",
+    "TrustChain",
+    "TrustDocument",
+    "TrustError",
+    "TrustExpiredError",
+    "TrustFormatError",
     "TrustPolicy",
+    "TrustRollbackError",
+    "TrustSignatureError",
+    "TrustSkippedVersionError",
+    "TrustState",
     "UnknownKeyError",
     "UnsupportedEncodingError",
     "VerifiedArtifact",
@@ -139,6 +168,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "make_delta",
+    "parse_document",
     "parse_manifest",
     "parse_time",
     "read_artifact",
@@ -150,7 +180,9 @@ __all__ = [
     "save_public_key",
     "seal_artifact",
     "seeded_input",
+    "sign_keys",
     "sign_manifest",
+    "sign_root",
     "verify_artifact",
     "verify_manifest",
     "verify_onnx",

@@ -12,7 +12,8 @@ transport failure (transport errors belong to the code that fetches, not to this
     ├── SignatureError
     │   ├── UnknownKeyError           no signature by any trusted key
     │   ├── BadSignatureError         a trusted key's signature does not verify (tampering)
-    │   └── ThresholdError            valid signatures, but fewer than the threshold
+    │   ├── ThresholdError            valid signatures, but fewer than the threshold
+    │   └── RevokedKeyError           signed only by keys the current keys document revoked
     ├── ExpiredError                  manifest's expires_at is in the past
     ├── DowngradeError                version is not above the installed one
     ├── LengthError
@@ -24,6 +25,12 @@ transport failure (transport errors belong to the code that fetches, not to this
     │   └── DecompressionBombError    payload inflates beyond the declared ONNX length
     ├── ArtifactFormatError           artifact file truncated or garbled
     ├── KeyFileError                  a key file that cannot be read as an Ed25519 PEM key
+    ├── TrustError                    a root or keys document refused (artifact.trust)
+    │   ├── TrustFormatError          malformed, oversized, of another type, or keys that do not match their ids
+    │   ├── TrustSignatureError       not signed by the threshold of the root(s) that must sign it
+    │   ├── TrustExpiredError         the document's `expires` lies in the past
+    │   ├── TrustRollbackError        version below the trusted one, or the same version with other content
+    │   └── TrustSkippedVersionError  root N+2 offered to a device that trusts root N
     └── DeltaError
         ├── DeltaFormatError          delta truncated, garbled or of an unknown format version
         ├── DeltaBaseMismatchError    delta was made against another base model
@@ -59,6 +66,10 @@ class BadSignatureError(SignatureError):
 
 class ThresholdError(SignatureError):
     """Fewer distinct trusted keys signed than the policy's threshold requires."""
+
+
+class RevokedKeyError(SignatureError):
+    """The only signatures are by keys that the current keys document revoked."""
 
 
 class ExpiredError(ArtifactError):
@@ -103,6 +114,30 @@ class ArtifactFormatError(ArtifactError):
 
 class KeyFileError(ArtifactError):
     """A key file is missing, unreadable, or not an Ed25519 PEM key."""
+
+
+class TrustError(ArtifactError):
+    """A root or keys document (:mod:`artifact.trust`) is refused; the trusted state is unchanged."""
+
+
+class TrustFormatError(TrustError):
+    """The document is not valid JSON of the expected type, too large, or its key ids do not match its keys."""
+
+
+class TrustSignatureError(TrustError):
+    """The document is not signed by the threshold of the root that must sign it."""
+
+
+class TrustExpiredError(TrustError):
+    """The document's `expires` lies in the past."""
+
+
+class TrustRollbackError(TrustError):
+    """The document's version is below the trusted one, or equal to it with other content (a replay or a fork)."""
+
+
+class TrustSkippedVersionError(TrustError):
+    """A root document skips a version: each root must be signed by its predecessor."""
 
 
 class DeltaError(ArtifactError):

@@ -28,6 +28,7 @@ from .errors import (
     ExpiredError,
     HashMismatchError,
     ModelMismatchError,
+    RevokedKeyError,
     SignatureError,
     ThresholdError,
     TooLongError,
@@ -40,16 +41,23 @@ from .manifest import Manifest, parse_manifest
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """Which keys may sign, and how many distinct ones must."""
+    """Which keys may sign, and how many distinct ones must.
+
+    `revoked` names keys a keys document revoked (:mod:`artifact.trust`): they are never trusted,
+    and an artifact signed only by them is refused with :class:`RevokedKeyError`, which names the key.
+    """
 
     keys: Mapping[str, VerifyKey]
     threshold: int = 1
+    revoked: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
             raise ValueError("threshold must be at least 1")
         if self.threshold > len(self.keys):
             raise ValueError(f"threshold {self.threshold} exceeds the {len(self.keys)} trusted keys")
+        if self.revoked & set(self.keys):
+            raise ValueError("a revoked key cannot be trusted")
 
     @classmethod
     def of(cls, keys: Iterable[VerifyKey], threshold: int = 1) -> TrustPolicy:
@@ -98,9 +106,15 @@ def _check_signatures(message: bytes, signatures: list[Signature], trust: TrustP
             forged.append(s.keyid)
     if len(valid) >= trust.threshold:
         return tuple(valid)
+    revoked = [s.keyid for s in signatures if s.keyid in trust.revoked]
     if forged:
         raise BadSignatureError(
             f"signature by trusted key {forged[0][:16]}… does not verify: the manifest or signature was altered"
+        )
+    if revoked:
+        raise RevokedKeyError(
+            f"signed by revoked key {revoked[0]}: the current keys document revoked it"
+            + (f"; {len(valid)} valid signature(s) from trusted keys, {trust.threshold} required" if valid else "")
         )
     if not valid:
         ids = ", ".join(s.keyid[:16] + "…" for s in signatures) or "none"

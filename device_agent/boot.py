@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import artifact as A
 
-from .errors import CrashLoopError, SlotError, ValidationFailedError
+from .errors import CrashLoopError, SlotError, TrustPendingError, ValidationFailedError
 from .policy import reason_code
 from .runtime import LoadedModel
 from .slots import SLOTS, SlotContent, other
@@ -42,12 +42,12 @@ async def boot(dev: Device) -> None:
             refused.append((slot, _abandon(dev, slot)))
             continue
         try:
-            content = await asyncio.to_thread(dev.slots.load, slot, trust=dev.config.trust, model=dev.config.model)
+            content = await asyncio.to_thread(dev.slots.load, slot, trust=dev.trust, model=dev.config.model)
             attempts[slot] = attempts.get(slot, 0) + 1
             dev.save()  # persisted before loading: a load that kills the process is counted
             dev.crash_point(f"boot:loading:{slot}")
             model = await asyncio.to_thread(dev.runtime.load, content.onnx, content.verified)
-        except (SlotError, A.ArtifactError, ValidationFailedError) as e:
+        except (SlotError, A.ArtifactError, ValidationFailedError, TrustPendingError) as e:
             log.error("slot %s cannot be served: %s", slot, e)
             attempts.pop(slot, None)
             refused.append((slot, e))

@@ -1,11 +1,13 @@
 """`device-agent`: run one device agent, or simulate a fleet.
 
-    device-agent run --server URL --model NAME --model-dir DIR --trust KEY.pub [--trust KEY2.pub]
+    device-agent run --server URL --model NAME --model-dir DIR (--root ROOT.json | --trust KEY.pub [--trust KEY2.pub])
                      [--device-id ID] [--enroll-secret S | --token-file F] [--serve 127.0.0.1:PORT]
-    device-agent simulate --server URL --model NAME --enroll-secret S --devices N --trust KEY.pub
+    device-agent simulate --server URL --model NAME --enroll-secret S --devices N (--root ROOT.json | --trust KEY.pub)
                      [--model-dir DIR] [--until-version V] [--timeout S]
                      [--inference-rate R [--metrics-interval S] [--inference-workers W]]
 
+With `--root`, the device trusts a root key set and its publisher keys rotate through the keys
+documents the root signs (docs/security.md); `--trust` alone pins publisher keys for good (legacy).
 The enrollment secret may also come from OTA_ENROLLMENT_SECRET (a secret on a command line is
 visible to every local user through `ps`).
 """
@@ -58,7 +60,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--server", required=True, help="the OTA server's base URL, e.g. http://127.0.0.1:8000")
     p.add_argument("--model", required=True, help="the model name this device serves")
     p.add_argument(
-        "--trust", required=True, action="append", type=Path, metavar="KEY.pub", help="a trusted publisher key (repeat)"
+        "--root", type=Path, metavar="ROOT.json", help="the root of trust (model-builder trust init): keys rotate"
+    )
+    p.add_argument(
+        "--trust",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="KEY.pub",
+        help="a trusted publisher key (repeat); with --root, used until the server serves a keys document",
     )
     p.add_argument("--threshold", type=int, default=1, help="distinct trusted signatures required (default 1)")
     p.add_argument("--enroll-secret", help=f"enrollment secret (default: ${SECRET_ENV})")
@@ -118,8 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _trust(paths: list[Path], threshold: int) -> A.TrustPolicy:
+def _trust(paths: list[Path], threshold: int) -> A.TrustPolicy | None:
+    if not paths:
+        return None
     return A.TrustPolicy.of([A.load_public_key(p) for p in paths], threshold=threshold)
+
+
+def _root(path: Path | None) -> A.TrustState | None:
+    """The root of trust from `--root`; ValueError with a one-line reason."""
+    if path is None:
+        return None
+    try:
+        return A.TrustState.from_root(path.read_bytes())
+    except OSError as e:
+        raise ValueError(f"cannot read --root {path}: {e.strerror}") from e
+    except A.TrustError as e:
+        raise ValueError(f"--root {path}: {e}") from e
 
 
 def _fail(message: object) -> int:
@@ -163,6 +187,7 @@ def _run_config(args: argparse.Namespace, secret: str | None) -> AgentConfig:
         model=args.model,
         model_dir=args.model_dir,
         trust=_trust(args.trust, args.threshold),
+        root=_root(args.root),
         device_id=args.device_id,
         enroll_secret=secret,
         token_file=args.token_file,
@@ -185,14 +210,18 @@ def _simulate(args: argparse.Namespace, secret: str | None) -> int:
         return _fail("--inference-workers must be at least 1")
     try:
         trust = _trust(args.trust, args.threshold)
+        root = _root(args.root)
     except (A.KeyFileError, ValueError) as e:
         return _fail(e)
+    if trust is None and root is None:
+        return _fail("a fleet needs a root of trust (--root) or trusted publisher keys (--trust)")
     options = FleetOptions(
         server=args.server,
         model=args.model,
         enroll_secret=secret,
         devices=args.devices,
         trust=trust,
+        root=root,
         model_dir=args.model_dir,
         until_version=args.until_version,
         timeout=args.timeout,

@@ -30,7 +30,7 @@ class AgentConfig:
     server: str
     model: str
     model_dir: Path
-    trust: A.TrustPolicy
+    trust: A.TrustPolicy | None  # --trust keys: the publisher keys (legacy), or the ones used until a keys document
     device_id: str | None = None
     enroll_secret: str | None = None
     token_file: Path | None = None
@@ -50,10 +50,13 @@ class AgentConfig:
     download_stall_window: float = 60.0  # … seconds, or it is cut and resumed later (a trickling server)
     crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
     disk: Disk = field(default_factory=Disk, compare=False, repr=False)  # every write goes through it (test seam)
+    root: A.TrustState | None = None  # --root: the root of trust; publisher keys then rotate (device_agent.trust)
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.metrics_interval <= 0:
             raise ValueError("poll and metrics intervals must be positive")
+        if self.trust is None and self.root is None:
+            raise ValueError("an agent needs a root of trust (--root) or trusted publisher keys (--trust)")
         if self.max_crashes < 1:
             raise ValueError("max_crashes must be at least 1")
         if not (self.server.startswith("http://") or self.server.startswith("https://")):

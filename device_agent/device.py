@@ -36,6 +36,7 @@ from .reporting import Reporter
 from .sessions import Runtime
 from .slots import SlotStore
 from .state import Persisted, State, StateStore
+from .trust import TrustKeeper
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class Device:
             on_release=lambda v: log.debug("version %s drained and released", v), concurrency=config.concurrency
         )
         self.client = ServerClient(http, config.server, gate=gate)
+        self.trust_keeper = TrustKeeper(
+            root / "trust.json", config.root, config.trust, disk, durable=config.durable
+        )  # read back in start()
         self.runtime = runtime
         self.record = Persisted()
         self.backoff = Backoff(config.backoff_base, config.backoff_max)
@@ -99,7 +103,9 @@ class Device:
         queue = EventQueue(self.config.model_dir / "events.jsonl", durable=self.config.durable, disk=self.disk)
         self._reporter = Reporter(queue, client=self.client, holder=self.holder, config=self.config, stop=self._stop)
         self.record = self.store.load()
+        trust_reset = self.trust_keeper.load()
         for name, reset in (
+            ("trust.json", trust_reset and f"{trust_reset}; starting from the root given"),
             ("state.json", self.store.reset),
             ("events.jsonl", f"{queue.dropped_lines} unreadable line(s) dropped" if queue.dropped_lines else None),
             ("slots/", "a file stood in its place" if self.slots.reset else None),
@@ -108,6 +114,11 @@ class Device:
             if reset:
                 self.note_reset(name, reset)
         await boot(self)
+
+    @property
+    def trust(self) -> A.TrustPolicy:
+        """The publisher keys artifacts are verified with now (they change when the trust chain does)."""
+        return self.trust_keeper.policy()
 
     def note_reset(self, name: str, why: str) -> None:
         """A file the agent read back was unusable and started afresh: logged, and shown in /status."""

@@ -12,7 +12,8 @@ device, and the agent's own bookkeeping. :mod:`device_agent.policy` maps each to
     │   ├── NetworkError            connection refused, reset, timed out (httpx.TransportError)
     │   ├── ServerBusyError         5xx or 429 (carries Retry-After when the server sent one)
     │   ├── ProtocolError           an answer this agent cannot read (garbled JSON, odd status)
-    │   └── NoSpaceError            the disk is full (ENOSPC); also an OSError: nothing learned about the version
+    │   ├── NoSpaceError            the disk is full (ENOSPC); also an OSError: nothing learned about the version
+    │   └── TrustPendingError       a root-only device has no keys document yet: nothing can be judged
     ├── AuthError                   the server refused the device token (401/403): keep serving, retry slowly
     ├── RejectedError               the server refused a request as invalid (4xx): resending it unchanged is futile
     ├── EnrollmentError             enrollment refused (bad secret, bad request): the agent cannot start
@@ -58,6 +59,10 @@ class ProtocolError(TransientError):
 class NoSpaceError(TransientError, OSError):
     """A write found the disk full. Raised by :class:`device_agent.fsutil.Disk`, the one place that
     translates ENOSPC; it stays an OSError so that code guarding writes catches it as one."""
+
+
+class TrustPendingError(TransientError):
+    """A device that trusts a root only has not accepted a keys document yet (device_agent.trust)."""
 
 
 class AuthError(AgentError):

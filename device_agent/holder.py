@@ -135,6 +135,19 @@ class ModelHolder:
             self._released(old)
         return old.drained
 
+    def clear(self) -> None:
+        """Serve nothing from now on (the model's signer was revoked); requests in flight finish."""
+        with self._lock:
+            old, self._current = self._current, None
+            if old is None:
+                return
+            old.retired = True
+            release = old.inflight == 0
+            if release:
+                old.model = None
+        if release:
+            self._released(old)
+
     def _released(self, entry: _Entry) -> None:
         entry.drained.set()
         if self._on_release is not None:

@@ -35,6 +35,7 @@ from .install import Install
 from .policy import classify
 from .protocol import Offer, now_rfc3339
 from .state import Job, State
+from .trust import refresh_trust
 
 log = logging.getLogger(__name__)
 Next = tuple[State, Install | None]  # the next state, and the install it works on
@@ -60,7 +61,7 @@ def verify_offer(dev: Device, offer: Offer) -> A.VerifiedManifest:
     verified = A.verify_manifest(
         offer.manifest_bytes,
         offer.signatures,
-        trust=dev.config.trust,
+        trust=dev.trust,
         expected_model=dev.config.model,
         installed_version=dev.holder.version,
     )
@@ -134,6 +135,8 @@ async def checking(dev: Device, install: Install | None) -> Next:
         dev.backoff.reset()
     if offer is not None and offer.poll_interval:
         rec.poll_interval = offer.poll_interval
+    if await refresh_trust(dev) and install is not None:  # judged before any offer: it may revoke a signer
+        install = replace(install, verified=None)  # the install in flight is verified again under the new keys
     if dev.read_only:  # nothing can be written: serve what is installed, say once per version why not more
         rec.job = None
         if offer is not None and offer.version != current:
@@ -147,6 +150,9 @@ async def checking(dev: Device, install: Install | None) -> Next:
         log.info("the server no longer offers v%d; dropping it", job.version)
         _finish_job(dev, install, refused=False)
     if offer is None:
+        return State.IDLE, None
+    if not dev.trust_keeper.ready:  # no keys document yet: the offer cannot be judged, and is not condemned
+        _report_once(dev, offer.version, "no_trusted_keys", "the server has served no keys document yet")
         return State.IDLE, None
     if offer.version in rec.failed or offer.version == dev.holder.version:
         rec.etag, rec.etag_version = offer.etag, current  # judged already: let the server answer 304 from now on
@@ -263,7 +269,7 @@ async def validating(dev: Device, install: Install | None) -> Next:
     else:  # restarted: validate what is on disk, through the door again
         try:
             content = await asyncio.to_thread(
-                dev.slots.load, job.slot, trust=dev.config.trust, model=dev.config.model, staged=True
+                dev.slots.load, job.slot, trust=dev.trust, model=dev.config.model, staged=True
             )
         except (SlotError, A.ArtifactError) as e:
             log.warning("staged slot %s is unusable (%s); staging again", job.slot, e)

@@ -31,6 +31,9 @@ from .errors import AuthError, EnrollmentError, NetworkError, ProtocolError, Rej
 ENROLL_PATH = "/v1/devices/enroll"
 UPDATE_PATH = "/v1/device/update"
 EVENTS_PATH = "/v1/device/events"
+TRUST_PATH = "/v1/trust"
+TRUST_VERSION_HEADER = "ota-trust-version"  # on poll answers: the tag of the server's trust chain
+MAX_TRUST_ANSWER_BYTES = 2 * 1024 * 1024  # up to 64 roots and a keys document (artifact.trust bounds each)
 MAX_ANSWER_BYTES = 256 * 1024  # poll, enroll and events answers: a manifest is < 64 KB
 POLL_INTERVAL_BOUNDS = (1.0, 86_400.0)  # what a server may ask: at most once a second, at least once a day
 EVENT_TYPES = ("checking", "downloading", "verified", "installed", "failed", "rolled_back", "metrics")
@@ -300,6 +303,7 @@ class ServerClient:
         self._gate: contextlib.AbstractAsyncContextManager[Any] = gate or contextlib.nullcontext()
         self.base_url = base_url.rstrip("/") + "/"
         self.token = token
+        self.trust_version: str | None = None  # the poll's Ota-Trust-Version: the server's chain tag
         origin = urlsplit(self.base_url)
         self._origin = (origin.scheme, origin.netloc)
 
@@ -314,13 +318,20 @@ class ServerClient:
         return urljoin(self.base_url, path_or_url)
 
     async def _exchange(
-        self, what: str, method: str, url: str, *, headers: Mapping[str, str] | None = None, **kwargs: Any
+        self,
+        what: str,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        cap: int = MAX_ANSWER_BYTES,
+        **kwargs: Any,
     ) -> tuple[httpx.Response, bytes]:
-        """One request whose answer is read whole, but never more than :data:`MAX_ANSWER_BYTES`."""
+        """One request whose answer is read whole, but never more than `cap` bytes."""
         sent = {"Accept-Encoding": "identity", **(headers or {})}
         with _translated(what):
             async with self._gate, self.http.stream(method, self.url(url), headers=sent, **kwargs) as response:
-                return response, await _read_capped(response, what)
+                return response, await _read_capped(response, what, cap)
 
     async def enroll(self, *, secret: str, model: str, device_id: str | None, labels: Mapping[str, str]) -> Credentials:
         body: dict[str, Any] = {"enrollment_secret": secret, "model": model}
@@ -347,12 +358,24 @@ class ServerClient:
         if etag:
             headers["If-None-Match"] = etag
         response, answer = await self._exchange("poll", "GET", UPDATE_PATH, params=params, headers=headers)
+        tag = response.headers.get(TRUST_VERSION_HEADER)
+        self.trust_version = tag[:64] if tag else None
         if response.status_code in (204, 304):
             return None
         _raise_for_status(response, "poll", answer)
         if response.status_code != 200:
             raise ProtocolError(f"poll: unexpected HTTP {response.status_code}", status=response.status_code)
         return parse_offer(_json(answer, "poll"), etag=response.headers.get("etag"))
+
+    async def trust_chain(self) -> Any:
+        """`GET /v1/trust`: the chain as JSON, unverified (:class:`artifact.TrustState` judges it)."""
+        response, answer = await self._exchange(
+            "trust", "GET", TRUST_PATH, headers=self._auth(self.base_url), cap=MAX_TRUST_ANSWER_BYTES
+        )
+        _raise_for_status(response, "trust", answer)
+        if response.status_code != 200:
+            raise ProtocolError(f"trust: unexpected HTTP {response.status_code}", status=response.status_code)
+        return _json(answer, "trust")
 
     async def post_events(self, events: Sequence[Mapping[str, Any]]) -> None:
         body = [wire_event(e) for e in events]

@@ -57,7 +57,7 @@ class FleetOptions:
     model: str
     enroll_secret: str
     devices: int
-    trust: A.TrustPolicy
+    trust: A.TrustPolicy | None
     model_dir: Path | None = None  # default: a temporary directory, removed at the end
     until_version: int | None = None
     timeout: float | None = None
@@ -67,6 +67,7 @@ class FleetOptions:
     inference_rate: float = 0.0  # inferences per second per device; 0: the devices serve nothing
     metrics_interval: float = 10.0  # seconds between each device's `metrics` events
     inference_workers: int | None = None  # threads running inferences (default: CPU cores - 1)
+    root: A.TrustState | None = None  # the root of trust every simulated device starts from
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Fleet:
             model=o.model,
             model_dir=self.root / device_id,
             trust=o.trust,
+            root=o.root,
             device_id=device_id,
             enroll_secret=o.enroll_secret,
             poll_interval=o.poll_interval,

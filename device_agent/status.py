@@ -36,6 +36,7 @@ def status(dev: Device) -> dict[str, Any]:
             "error": dev.storage_error,
             "files_reset": list(dev.files_reset),
         },
+        "trust": dev.trust_keeper.describe(),
         "requests_served": dev.holder.metrics.total,
         "at": now_rfc3339(),
     }

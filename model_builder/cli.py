@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_builder.commands.pipeline",
     "model_builder.commands.explore",
     "model_builder.commands.sign",
+    "model_builder.commands.trust",
     "model_builder.commands.publish",
     "model_builder.commands.delta",
 )

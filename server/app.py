@@ -25,7 +25,7 @@ from .api.problems import (
     document_problems,
     install_problem_handlers,
 )
-from .api.routes import blobs, dashboard, device, devices, docs, ops, registry, rollouts
+from .api.routes import blobs, dashboard, device, devices, docs, ops, registry, rollouts, trust
 from .api.uploads import sweep_spool
 from .config import Settings
 from .core.services import Services, build_services
@@ -44,7 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.view.refresh)
     except DatabaseUnavailableError as e:  # serve anyway: /readyz says not ready, polls answer 503
         log.warning("database unavailable at start: %s", e.detail)
-    loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers)
+    loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers, services.trust)
     tasks = [asyncio.create_task(t.run()) for t in loops]
     try:
         yield
@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.services = services
     install_problem_handlers(app, services.metrics, retry_after=settings.retry_after)
     document_problems(app)
-    hot_first = (device, blobs, ops, registry, devices, rollouts, docs, dashboard)  # FastAPI matches in order
+    hot_first = (device, blobs, ops, registry, devices, rollouts, trust, docs, dashboard)  # FastAPI matches in order
     for module in hot_first:
         app.include_router(module.router)
     # Added innermost first: an unexpected exception is caught before anything else sees it, and

@@ -32,10 +32,12 @@ down and the same request may succeed later (the response carries ``Retry-After`
     │   │   ├── RolloutActiveError          the model already has an active rollout
     │   │   ├── VersionRevokedError         a revoked version cannot be rolled out
     │   │   ├── VersionNotAboveBaselineError   a rollout must move the model forward
-    │   │   └── RolloutTransitionError      pause/resume/abort/advance not possible in this state
+    │   │   ├── RolloutTransitionError      pause/resume/abort/advance not possible in this state
+    │   │   └── TrustConflictError          a trust document that rolls back, forks or skips a version
     │   ├── PayloadTooLargeError        413 body over the configured limit (refused before read whole)
     │   ├── RangeNotSatisfiableError    416 Range starts past the end of the blob
-    │   └── InvalidArtifactError        422 the artifact fails the door or the ONNX checks
+    │   ├── InvalidArtifactError        422 the artifact fails the door or the ONNX checks
+    │   └── InvalidTrustDocumentError   422 a root or keys document that is malformed, expired or badly signed
     └── UnavailableError                    503 + Retry-After: retry later
         ├── DatabaseUnavailableError
         └── StorageUnavailableError
@@ -195,6 +197,29 @@ class InvalidArtifactError(ClientError):
     status = 422
     slug = "invalid-artifact"
     title = "Invalid artifact"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class TrustConflictError(ConflictError):
+    """A trust document whose version is not the next one (rollback, fork, skipped root version)."""
+
+    slug = "trust-conflict"
+    title = "Trust document conflicts with the stored chain"
+
+    def __init__(self, detail: str, *, reason: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class InvalidTrustDocumentError(ClientError):
+    """A root or keys document refused by :mod:`artifact.trust`; `reason` names its error class."""
+
+    status = 422
+    slug = "invalid-trust-document"
+    title = "Invalid trust document"
 
     def __init__(self, detail: str, *, reason: str) -> None:
         super().__init__(detail)

@@ -158,3 +158,41 @@ def server_process(env: Mapping[str, str], *, cwd: Path, log: Path, args: Sequen
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def trust_root(
+    version: int,
+    keys: list[A.SigningKey],
+    signers: list[A.SigningKey],
+    *,
+    threshold: int = 1,
+    expires: datetime | None = None,
+) -> bytes:
+    """A root document of the root of trust (artifact.trust), valid for a year unless `expires` says otherwise."""
+    return A.sign_root(
+        version=version,
+        expires=expires or datetime.now(UTC) + timedelta(days=365),
+        keys=[k.verify_key for k in keys],
+        threshold=threshold,
+        signers=signers,
+    )
+
+
+def trust_keys(
+    version: int,
+    publishers: list[A.SigningKey],
+    signers: list[A.SigningKey],
+    *,
+    revoked: Sequence[A.SigningKey] = (),
+    threshold: int = 1,
+    expires: datetime | None = None,
+) -> bytes:
+    """A keys document naming `publishers` (and revoking `revoked`), signed by root keys `signers`."""
+    return A.sign_keys(
+        version=version,
+        expires=expires or datetime.now(UTC) + timedelta(days=365),
+        keys=[k.verify_key for k in publishers],
+        threshold=threshold,
+        revoked=[k.keyid for k in revoked],
+        signers=signers,
+    )

@@ -386,3 +386,24 @@ class Problem(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class TrustDocumentOut(BaseModel):
+    """A root or keys document the server accepted (or already held)."""
+
+    kind: Literal["root", "keys"]
+    version: int
+    expires: str
+    threshold: int
+    keys: list[str] = Field(description="key ids (hex sha256 of the raw Ed25519 public key)")
+    revoked: list[str] = Field(default_factory=list, description="keys document: revoked key ids")
+    created: bool = Field(description="false: this very document was stored already")
+    warning: str | None = None
+
+
+class TrustChainOut(BaseModel):
+    """The chain devices walk: every root, oldest first, and the keys document signed by the newest."""
+
+    tag: str = Field(description="r<root version>-k<keys version>; the poll's Ota-Trust-Version header")
+    roots: list[dict[str, Any]]
+    keys: dict[str, Any] | None

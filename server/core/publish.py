@@ -1,7 +1,8 @@
 """Publishing a version: the artifact goes through `artifact`'s one door, then into storage and the registry.
 
 Order matters. Everything that can refuse the artifact runs before anything is stored: the door
-(schema, model name, signatures against ``OTA_PUBLISHER_KEYS``, expiry, version above the latest,
+(schema, model name, signatures against the latest keys document of the root of trust, else
+``OTA_PUBLISHER_KEYS`` (:mod:`server.core.trust`), expiry, version above the latest,
 lengths, sha256, bounded decode) and then the ONNX checks of :mod:`server.core.onnx_check`.
 
 Memory is bounded by what is authentic. The upload is read from its spool file: first only the
@@ -21,6 +22,7 @@ lock (PostgreSQL) or write lock (SQLite), so two concurrent publishes cannot bot
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -48,17 +50,23 @@ class PublishResult:
 
 class Publisher:
     def __init__(
-        self, db: Database, storage: Storage, trust: A.TrustPolicy | None, *, max_model_bytes: int = 64 << 20
+        self,
+        db: Database,
+        storage: Storage,
+        trust: Callable[[], A.TrustPolicy | None],
+        *,
+        max_model_bytes: int = 64 << 20,
     ) -> None:
         self.db = db
         self.storage = storage
-        self.trust = trust
+        self.trust = trust  # read at each publish: a keys document uploaded a moment ago applies
         self.max_model_bytes = max_model_bytes
 
     def publish(self, *, model: str, source: BinaryIO, length: int, publisher: str) -> PublishResult:
         """Verify and store an uploaded artifact file of `length` bytes read from `source` (positioned at
         its start; blocking, run it in a worker thread)."""
-        if self.trust is None:
+        trust = self.trust()
+        if trust is None:
             raise InvalidArtifactError(
                 "this server trusts no publisher keys (OTA_PUBLISHER_KEYS is empty), so it accepts no artifact",
                 reason="NoTrustedKeys",
@@ -74,7 +82,7 @@ class Publisher:
             )
         try:
             verified = A.verify_manifest(
-                head.manifest_bytes, head.signatures, trust=self.trust, expected_model=model, installed_version=latest
+                head.manifest_bytes, head.signatures, trust=trust, expected_model=model, installed_version=latest
             )
         except A.DowngradeError as e:
             # Authentic, unexpired, but not new: the same file again (200) or a conflict (409).

@@ -25,6 +25,7 @@ from .registry import Registry
 from .rollouts import RolloutService
 from .security import Signer
 from .seen import SeenBuffer
+from .trust import TrustService
 from .view import RegistryView
 
 
@@ -46,6 +47,7 @@ class Services:
     auth: Authenticator
     rollouts: RolloutService
     dashboard: Dashboard
+    trust: TrustService
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -100,6 +102,7 @@ def build_services(settings: Settings) -> Services:
         eval_seconds=settings.rollout_eval_seconds,
         flush_seconds=settings.seen_flush_seconds,
     )
+    trust = TrustService(db, fallback=trust_policy(settings), interval=settings.cache_seconds)
     return Services(
         settings=settings,
         db=db,
@@ -111,10 +114,11 @@ def build_services(settings: Settings) -> Services:
         seen=SeenBuffer(db, interval=settings.seen_flush_seconds),
         deltas=deltas,
         offers=offers,
-        publisher=Publisher(db, storage, trust_policy(settings), max_model_bytes=settings.max_model_bytes),
+        publisher=Publisher(db, storage, trust.publish_policy, max_model_bytes=settings.max_model_bytes),
         registry=Registry(db),
         fleet=Fleet(db, signer, on_events=rollouts.record_events),
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
         rollouts=rollouts,
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
+        trust=trust,
     )

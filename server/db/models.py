@@ -17,6 +17,8 @@ What each table is for:
   ``revision`` is the compare-and-set counter every state change goes through. ``rollout_devices``
   holds one row per device offered the version (counting), ``rollout_metrics`` running sums of the
   agents' ``metrics`` events per version (the gates read these, never the event log).
+- ``trust_documents``: the root and keys documents of the root of trust (:mod:`artifact.trust`),
+  stored verbatim (canonical bytes), one row per (kind, version); devices fetch the chain.
 """
 
 from __future__ import annotations
@@ -246,3 +248,15 @@ class RolloutMetric(Base):
     validation_failures: Mapped[int] = mapped_column(
         Integer, default=0, doc="devices that refused it on the golden set"
     )
+
+
+class TrustDocument(Base):
+    __tablename__ = "trust_documents"
+    __table_args__ = (UniqueConstraint("kind", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # "root" | "keys"
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
+    uploaded_by: Mapped[str] = mapped_column(String(64))

@@ -7,6 +7,21 @@ import inspect
 import artifact
 
 PUBLIC = {
+    "RevokedKeyError",
+    "TrustError",
+    "TrustExpiredError",
+    "TrustFormatError",
+    "TrustRollbackError",
+    "TrustSignatureError",
+    "TrustSkippedVersionError",
+    "MAX_CHAIN_ROOTS",
+    "MAX_TRUST_DOCUMENT_BYTES",
+    "TrustChain",
+    "TrustDocument",
+    "TrustState",
+    "parse_document",
+    "sign_keys",
+    "sign_root",
     "ArtifactError",
     "ArtifactFile",
     "ArtifactFormatError",

@@ -54,6 +54,7 @@ class FakeServer:
         self.reject_types: set[str] = set()  # 422 for a batch holding one of these event types
         self.strict_events = False  # 422 for any field beyond DESIGN.md's, like a server with extra="forbid"
         self.enrollments: list[dict[str, Any]] = []
+        self.trust: dict[str, Any] | None = None  # GET /v1/trust's chain; its "tag" goes on every poll answer
         self.tokens: dict[str, str] = {}
         self.devices: dict[str, dict[str, Any]] = {}  # device_id → its status and installed_version
         self.requests: list[tuple[str, str, dict[str, str]]] = []
@@ -285,16 +286,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             current = parse_qs(parts.query).get("current_version", [None])[0]
             offer = self.fake.offer(None if current is None else int(current), self._device())
+            chain = self.fake.trust
+            trust = {} if chain is None else {"Ota-Trust-Version": chain["tag"]}
             if offer is None:
                 self.send_response(204)
+                for k, v in trust.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 return
             etag = '"' + hashlib.sha256(json.dumps(offer, sort_keys=True).encode()).hexdigest()[:16] + '"'
             if self.headers.get("If-None-Match") == etag:
                 self.send_response(304)
+                for k, v in trust.items():
+                    self.send_header(k, v)
                 self.end_headers()
                 return
-            self._json(200, offer, {"ETag": etag})
+            self._json(200, offer, {"ETag": etag, **trust})
+        elif parts.path == "/v1/trust" and self.fake.trust is not None:
+            self._json(200, self.fake.trust)
         elif parts.path.startswith("/v1/blobs/"):
             self._blob(parts.path.removeprefix("/v1/blobs/"))
         else:

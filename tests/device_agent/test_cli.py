@@ -43,3 +43,16 @@ def test_unknown_command_line_option_exits_with_usage() -> None:
     with pytest.raises(SystemExit) as e:
         main(["run", "--frobnicate"])
     assert e.value.code == 2
+
+
+def test_run_refuses_a_missing_or_bad_root_of_trust(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--server", "http://127.0.0.1:9", "--model", "shapes", "--model-dir", str(tmp_path / "d")]
+    argv += ["--enroll-secret", "s"]
+    assert main(argv) == 2
+    assert "root of trust (--root) or trusted publisher keys (--trust)" in capsys.readouterr().err
+    (tmp_path / "root.json").write_text('{"signed": {"type": "keys"}, "signatures": []}')
+    assert main([*argv, "--root", str(tmp_path / "root.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "expected a root document" in err
+    assert main([*argv, "--root", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read --root" in capsys.readouterr().err

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+import artifact as A
 from server.core.security import DeviceIdentity, Signer
+from tests.support import trust_keys, trust_root
 
 from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, publish, release
 
@@ -55,6 +57,9 @@ def fleet(env: Env) -> Fleet:
 
 
 Call = Callable[[Fleet, dict[str, str]], Any]
+_ROOT_KEY = A.generate_key()
+TRUST_ROOT = trust_root(1, [_ROOT_KEY], [_ROOT_KEY])
+TRUST_KEYS = trust_keys(1, [A.generate_key()], [_ROOT_KEY])
 UNAUTHENTICATED = ("none", "random token", "forged device token", "revoked device token", "admin-looking token")
 
 ADMIN_ENDPOINTS: dict[str, Call] = {
@@ -81,6 +86,11 @@ ADMIN_ENDPOINTS: dict[str, Call] = {
     )[1],
     "POST /v1/rollouts/{id}/abort": lambda f, h: f.client.post("/v1/rollouts/2/abort", headers=h),
     "POST /v1/rollouts/{id}/advance": lambda f, h: f.client.post("/v1/rollouts/2/advance", headers=h),
+    "PUT /v1/trust/root": lambda f, h: f.client.put("/v1/trust/root", content=TRUST_ROOT, headers=h),
+    "PUT /v1/trust/keys": lambda f, h: (
+        f.client.put("/v1/trust/root", content=TRUST_ROOT, headers=h),
+        f.client.put("/v1/trust/keys", content=TRUST_KEYS, headers=h),
+    )[1],
 }
 DEVICE_ENDPOINTS: dict[str, Call] = {
     "GET /v1/device/update": lambda f, h: f.client.get("/v1/device/update?current_version=0", headers=h),

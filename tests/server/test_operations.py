@@ -165,6 +165,9 @@ def test_openapi_documents_every_route(client: TestClient) -> None:
         "/v1/device/events",
         "/v1/fleet",
         "/v1/blobs/{sha256}",
+        "/v1/trust",
+        "/v1/trust/root",
+        "/v1/trust/keys",
         "/readyz",
     ):
         assert path in paths, path

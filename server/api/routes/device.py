@@ -24,6 +24,7 @@ from ..deps import AuthFirstRoute, DeviceDep, EnrolledDeviceDep, EnrollmentDep, 
 
 router = APIRouter(tags=["device"], route_class=AuthFirstRoute)
 POLL_INTERVAL_HEADER = "Ota-Poll-Interval"
+TRUST_VERSION_HEADER = "Ota-Trust-Version"  # the tag of GET /v1/trust: agents fetch the chain when it changes
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     s: {"model": schemas.Problem, "content": {"application/problem+json": {}}} for s in (401, 403, 422, 503)
 }
@@ -108,6 +109,8 @@ async def poll_update(request: Request, device: DeviceDep) -> Response:
     services.seen.mark(device.pk)
     interval = services.offers.poll_interval(device.device_id)
     headers = {POLL_INTERVAL_HEADER: str(interval), "Cache-Control": "no-store"}
+    if (trust := services.trust.served) is not None:
+        headers[TRUST_VERSION_HEADER] = trust.tag
     if current_version is None:  # the version it last reported (EnrolledDeviceDep's check, only when needed)
         current_version = (await run_in_threadpool(services.fleet.enrolled, device.pk)).installed_version
     choice = choose_offer(

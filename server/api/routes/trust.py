@@ -1,0 +1,108 @@
+"""The root of trust: operators upload root and keys documents (admin); devices read the chain.
+
+The chain is signed data, so reading it needs no credential; it is served from memory with an ETag
+(the tag `r<root>-k<keys>`), and every poll answer names the tag in ``Ota-Trust-Version`` so that an
+agent fetches it only when it changed. See :mod:`server.core.trust` and docs/security.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+import artifact as A
+
+from ...core.offers import etag_matches
+from ...core.trust import Kind
+from ...errors import NotFoundError
+from .. import schemas
+from ..deps import AdminDep, AuthFirstRoute, ServicesDep
+
+router = APIRouter(prefix="/v1/trust", tags=["trust"], route_class=AuthFirstRoute)
+PROBLEM = {"model": schemas.Problem, "content": {"application/problem+json": {}}}
+DOCUMENT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["signed", "signatures"],
+                    "properties": {"signed": {"type": "object"}, "signatures": {"type": "array"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _out(document: A.TrustDocument, *, created: bool, warning: str | None) -> dict[str, Any]:
+    signed = document.signed
+    return schemas.TrustDocumentOut(
+        kind=document.signed.type,
+        version=signed.version,
+        expires=signed.expires,
+        threshold=signed.threshold,
+        keys=sorted(signed.keys),
+        revoked=list(getattr(signed, "revoked", [])),
+        created=created,
+        warning=warning,
+    ).model_dump(mode="json")
+
+
+async def _put(kind: Kind, request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
+    body = await request.body()  # bounded by BodyLimit (OTA_MAX_REQUEST_BYTES); parsed with its own bounds
+    accepted = await run_in_threadpool(services.trust.put, kind, body, by=admin.name)
+    content = _out(accepted.document, created=accepted.created, warning=accepted.warning)
+    return JSONResponse(content, status_code=201 if accepted.created else 200)
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": schemas.TrustDocumentOut, "description": "this document was stored already"},
+    409: {**PROBLEM, "description": "version below or equal to the stored one with other content, or a skipped root"},
+    422: {**PROBLEM, "description": "malformed, expired, or not signed by the threshold that must sign it"},
+    **{s: PROBLEM for s in (401, 403)},
+}
+
+
+@router.put(
+    "/root",
+    status_code=201,
+    response_model=schemas.TrustDocumentOut,
+    summary="Upload a root document (the first one, or the next version signed by the previous root and its own)",
+    responses=RESPONSES,
+    openapi_extra=DOCUMENT_BODY,
+)
+async def put_root(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
+    return await _put("root", request, admin, services)
+
+
+@router.put(
+    "/keys",
+    status_code=201,
+    response_model=schemas.TrustDocumentOut,
+    summary="Upload a keys document (publisher keys, threshold, revoked keys) signed by the current root",
+    responses=RESPONSES,
+    openapi_extra=DOCUMENT_BODY,
+)
+async def put_keys(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
+    return await _put("keys", request, admin, services)
+
+
+@router.get(
+    "",
+    response_model=schemas.TrustChainOut,
+    summary="The chain of trust documents devices verify (signed data: no credential needed)",
+    responses={304: {"description": "unchanged since the ETag in If-None-Match"}, 404: PROBLEM},
+)
+async def get_chain(request: Request, services: ServicesDep) -> Response:
+    served = services.trust.served
+    if served is None:
+        raise NotFoundError("no root of trust is configured on this server (PUT /v1/trust/root)")
+    headers = {"ETag": served.etag, "Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("if-none-match"), served.etag):
+        return Response(status_code=304, headers=headers)
+    return Response(served.body, media_type="application/json", headers=headers)
