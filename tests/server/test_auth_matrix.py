@@ -41,11 +41,16 @@ def fleet(env: Env) -> Fleet:
     doomed = enroll(client, "dev-c")
     assert client.delete("/v1/devices/dev-c", headers=ADMIN).status_code == 204
     forged = Signer("not-the-server-secret").device_token(DeviceIdentity(1, "dev-a", "shapes", "0" * 32))
+    signer = Signer(env.base["secret_key"])
+    a = signer.read_device_token(device)
+    assert a is not None
+    expired = signer.device_token(DeviceIdentity(a.pk, a.device_id, a.model, a.token_id, expires=1))
     principals = {
         "none": {},
         "random token": bearer("not-a-token"),
         "forged device token": bearer(forged),
         "revoked device token": bearer(doomed),
+        "expired device token": bearer(expired),
         "admin-looking token": bearer("otaa_" + "x" * 43),
         "other device": bearer(other),
         "device": bearer(device),
@@ -55,7 +60,14 @@ def fleet(env: Env) -> Fleet:
 
 
 Call = Callable[[Fleet, dict[str, str]], Any]
-UNAUTHENTICATED = ("none", "random token", "forged device token", "revoked device token", "admin-looking token")
+UNAUTHENTICATED = (
+    "none",
+    "random token",
+    "forged device token",
+    "revoked device token",
+    "expired device token",
+    "admin-looking token",
+)
 
 ADMIN_ENDPOINTS: dict[str, Call] = {
     "POST /v1/models/{m}/versions": lambda f, h: f.client.post(
@@ -85,6 +97,7 @@ ADMIN_ENDPOINTS: dict[str, Call] = {
 DEVICE_ENDPOINTS: dict[str, Call] = {
     "GET /v1/device/update": lambda f, h: f.client.get("/v1/device/update?current_version=0", headers=h),
     "POST /v1/device/events": lambda f, h: f.client.post("/v1/device/events", json=[{"type": "checking"}], headers=h),
+    "POST /v1/device/token": lambda f, h: f.client.post("/v1/device/token", headers=h),
 }
 BLOB_ENDPOINTS: dict[str, Call] = {
     "GET /v1/blobs/{sha}": lambda f, h: f.client.get(f"/v1/blobs/{f.blob}", headers=h),
