@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class AgentConfig:
     download_stall_window: float = 60.0  # … seconds, or it is cut and resumed later (a trickling server)
     crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
     disk: Disk = field(default_factory=Disk, compare=False, repr=False)  # every write goes through it (test seam)
+    clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)  # when tokens renew (test seam)
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.metrics_interval <= 0:
