@@ -291,7 +291,8 @@ class Signer:
 
 
 def _url_mac(key: _Key, sha256: str, expires: int) -> str:
-    return _b64(hmac.new(key.url, f"{sha256}:{expires}".encode("ascii"), hashlib.sha256).digest()[:20])
+    # utf-8: a path can carry any text, and a signature over it must be refused, not crash
+    return _b64(hmac.new(key.url, f"{sha256}:{expires}".encode(), hashlib.sha256).digest()[:20])
 
 
 def _csrf_mac(key: _Key, sid: str) -> str:

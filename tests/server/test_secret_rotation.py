@@ -186,6 +186,7 @@ def test_enrolled_device_enrolls_again_with_its_previous_token_and_keeps_its_his
     device = after.get("/v1/devices/cam-1", headers=ADMIN).json()
     assert device["installed_version"] == 1 and device["labels"] == {"site": "north"}
     assert len(after.get("/v1/devices", headers=ADMIN).json()["items"]) == 2  # no new row
+    assert 'ota_device_tokens_issued_total{how="re_enrolled"} 1.0' in after.get("/metrics").text
 
 
 def test_a_deleted_devices_token_cannot_renew_or_prove_anything(env: Env) -> None:

@@ -43,6 +43,7 @@ def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse
     enrolled = services.fleet.enroll(device_id=body.device_id, model=body.model, labels=body.labels, previous=previous)
     device = enrolled.device
     services.metrics.enrollments.inc()
+    services.metrics.device_tokens.labels("re_enrolled" if enrolled.again else "enrolled").inc()
     return schemas.EnrollResponse(
         device_id=device.device_id,
         model=device.model_name,
@@ -68,7 +69,9 @@ def _token(issued: Enrolled) -> dict[str, Any]:
 def renew_token(device: EnrolledDeviceDep, services: ServicesDep) -> schemas.TokenResponse:
     """A new token for the same enrollment, signed with the current secret key and expiring
     `OTA_DEVICE_TOKEN_SECONDS` from now. The old one keeps working until its own expiry."""
-    return schemas.TokenResponse(**_token(services.fleet.renew(device)))
+    issued = services.fleet.renew(device)
+    services.metrics.device_tokens.labels("renewed").inc()
+    return schemas.TokenResponse(**_token(issued))
 
 
 def _current_version(request: Request) -> int | None:
