@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from ..data import admin as admin_data
 from ..db.models import AdminToken
@@ -19,6 +19,7 @@ from ..db.session import Database
 from ..errors import AuthenticationError, ConstraintViolationError, EnrollmentRefusedError
 from .security import (
     ADMIN_PREFIX,
+    DashboardSession,
     DeviceIdentity,
     Signer,
     digest,
@@ -113,6 +114,28 @@ class Authenticator:
                 "(POST /v1/device/token) before then — enroll again with it as previous_token"
             )
         return identity
+
+    def dashboard_session(self, cookie: str) -> DashboardSession | None:
+        """The session a dashboard cookie names: signed with a key in use, not expired, not signed
+        out, and its minted admin token not revoked since. Blocking (one or two primary-key lookups)."""
+        session = self.signer.read_session_cookie(cookie)
+        if session is None:
+            return None
+        with self.db.session() as db:
+            if admin_data.session_revoked(db, sid=session.sid):
+                return None
+            if session.admin != BOOTSTRAP and not admin_data.admin_token_live(db, name=session.admin):
+                return None
+        return session
+
+    def end_session(self, session: DashboardSession) -> None:
+        """Sign out: the cookie is refused from now on, by every process (listed until it would expire)."""
+        try:
+            with self.db.session() as db:
+                admin_data.revoke_session(db, sid=session.sid, expires_at=datetime.fromtimestamp(session.expires, UTC))
+                db.commit()
+        except ConstraintViolationError:
+            pass  # a concurrent sign-out of the same session listed it first
 
 
 # -- minted admin tokens (`ota-server create-token | revoke-token | list-tokens`) ------------------

@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.api.routes.dashboard import COOKIE, SESSION_SECONDS
+from server.core.auth import BOOTSTRAP
 from server.core.security import DeviceIdentity, Signer, key_id
 
 from .conftest import ADMIN, ENROLLMENT_SECRET, Env, assert_problem, bearer, enroll, release
@@ -114,7 +115,7 @@ def legacy_device_token(secret_key: str, identity: DeviceIdentity) -> str:
 
 
 def test_dashboard_session_signed_by_the_previous_key_works_until_its_grace_date(env: Env) -> None:
-    cookie = Signer(KEY_A).session_cookie("admin", ttl=SESSION_SECONDS)
+    cookie = Signer(KEY_A).session_cookie(BOOTSTRAP, ttl=SESSION_SECONDS)
     during = env.client(**overlap(SOON))
     during.cookies.set(COOKIE, cookie)
     assert during.get("/", follow_redirects=False).status_code == 200

@@ -4,8 +4,9 @@ Pages are Jinja2 templates shipped in the package (``server/api/templates``); ch
 computed here; there is no JavaScript and nothing is loaded from elsewhere. A page is shown only to
 a signed-in admin: signing in with an admin token (never a device token) sets an HttpOnly,
 SameSite=Strict cookie signed with the server's secret, which expires after
-:data:`SESSION_SECONDS`. Every form that changes something carries a CSRF token bound to the
-session and checked here. Actions call the same core services as the REST API.
+:data:`SESSION_SECONDS`, and ends earlier at sign-out or when its admin token is revoked. Every
+form that changes something carries a CSRF token bound to the session and checked here. Actions
+call the same core services as the REST API.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def render(name: str, request: Request, session: DashboardSession | None, status
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
-def current_session(request: Request) -> DashboardSession | None:
+async def current_session(request: Request) -> DashboardSession | None:
+    """The signed-in session, if the cookie's session is still live (see `Authenticator.dashboard_session`)."""
     cookie = request.cookies.get(COOKIE)
-    session = services_of(request).signer.read_session_cookie(cookie) if cookie else None
+    auth = services_of(request).auth
+    session = await run_in_threadpool(auth.dashboard_session, cookie) if cookie else None
     if session is not None:
         request.state.admin = session.admin  # the access log names who acted, as for the API
     return session
@@ -132,9 +135,11 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is not None and await checked_form(request, session) is None:
         return csrf_refused(request, session)
+    if session is not None:
+        await run_in_threadpool(services_of(request).auth.end_session, session)
     response = RedirectResponse("/login", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -164,7 +169,7 @@ def bar_chart(m: ModelFleet) -> dict[str, Any]:
 
 @router.get("/")
 async def fleet_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     overview = await run_in_threadpool(services_of(request).dashboard.fleet)
@@ -177,7 +182,7 @@ async def fleet_page(request: Request) -> Response:
 
 @router.get("/rollouts")
 async def rollouts_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -187,7 +192,7 @@ async def rollouts_page(request: Request) -> Response:
 
 @router.get("/rollouts/{rollout_id}")
 async def rollout_page(request: Request, rollout_id: RolloutId, done: str | None = None) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -202,7 +207,7 @@ async def rollout_page(request: Request, rollout_id: RolloutId, done: str | None
 
 @router.post("/rollouts/{rollout_id}/{action}")
 async def rollout_action(request: Request, rollout_id: RolloutId, action: str) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     form = await checked_form(request, session)
@@ -256,7 +261,7 @@ async def rollout_action(request: Request, rollout_id: RolloutId, action: str) -
 
 @router.get("/devices")
 async def devices_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     q = request.query_params
@@ -296,7 +301,7 @@ async def devices_page(request: Request) -> Response:
 
 @router.get("/devices/{device_id}")
 async def device_page(request: Request, device_id: str) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -312,7 +317,7 @@ async def device_page(request: Request, device_id: str) -> Response:
 
 @router.get("/models")
 async def models_page(request: Request, done: str | None = None) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     models = await run_in_threadpool(services_of(request).dashboard.registry)
@@ -321,7 +326,7 @@ async def models_page(request: Request, done: str | None = None) -> Response:
 
 @router.post("/models/{model}/versions/{version}/revoke")
 async def revoke(request: Request, model: str, version: Version) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     form = await checked_form(request, session)
