@@ -29,8 +29,12 @@ def services(client: TestClient) -> Services:
     return s
 
 
-def sign_in(client: TestClient, token: str = ADMIN_TOKEN) -> Any:
-    return client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+def sign_in(client: TestClient, token: str = ADMIN_TOKEN, next: str = "/") -> Any:
+    """Sign in as a browser does: load the form (its CSRF token and cookie), then post it."""
+    form = client.get("/login")
+    return client.post(
+        "/login", data={"token": token, "next": next, "csrf": csrf_of(form.text)}, follow_redirects=False
+    )
 
 
 def csrf_of(page: str) -> str:
@@ -123,6 +127,20 @@ def test_the_cookie_is_secure_behind_https(env: Env) -> None:
     assert "Secure" in sign_in(client).headers["set-cookie"]
 
 
+def test_sign_in_without_the_forms_csrf_token_is_refused(env: Env, client: TestClient) -> None:
+    """Login CSRF: another site cannot post its own admin token into an operator's browser."""
+    form = client.get("/login")
+    csrf = csrf_of(form.text)
+    for data in ({"token": ADMIN_TOKEN}, {"token": ADMIN_TOKEN, "csrf": "forged"}):
+        r = client.post("/login", data=data, follow_redirects=False)
+        assert r.status_code == 403 and "sign in again" in r.text
+        assert COOKIE not in r.headers.get("set-cookie", "")
+    stranger = env.client()  # a browser without the form's cookie, holding a token copied from the page
+    r = stranger.post("/login", data={"token": ADMIN_TOKEN, "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 403
+    assert sign_in(client).status_code == 303
+
+
 def test_a_device_token_or_a_wrong_token_cannot_sign_in(env: Env, client: TestClient) -> None:
     device = enroll(client, "cam-1")
     for token in (device, "otaa_not-a-real-token", ""):
@@ -134,7 +152,7 @@ def test_a_device_token_or_a_wrong_token_cannot_sign_in(env: Env, client: TestCl
 
 def test_sign_in_never_redirects_off_the_server(client: TestClient) -> None:
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
-        r = client.post("/login", data={"token": ADMIN_TOKEN, "next": target}, follow_redirects=False)
+        r = sign_in(client, next=target)
         assert r.headers["location"] == "/", target
 
 

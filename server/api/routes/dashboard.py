@@ -5,7 +5,8 @@ computed here; there is no JavaScript and nothing is loaded from elsewhere. A pa
 a signed-in admin: signing in with an admin token (never a device token) sets an HttpOnly,
 SameSite=Strict cookie signed with the server's secret, which expires after
 :data:`SESSION_SECONDS`, and ends earlier at sign-out or when its admin token is revoked. Every
-form that changes something carries a CSRF token bound to the session and checked here. Actions
+form that changes something carries a CSRF token bound to the session and checked here (the
+sign-in form one bound to a SameSite=Strict cookie of its own). Actions
 call the same core services as the REST API.
 """
 
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
+import secrets
 import urllib.parse
 from typing import Annotated, Any
 
@@ -34,6 +37,8 @@ RolloutId = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 Version = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 COOKIE = "ota_session"
 SESSION_SECONDS = 12 * 3600
+LOGIN_COOKIE = "ota_login"  # the sign-in form's CSRF binding
+LOGIN_SECONDS = 3600
 PAGE_SIZE = 50
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "abort", "advance")
 STATUSES = ("enrolled", "checking", "downloading", "verified", "installed", "failed", "rolled_back")
@@ -55,7 +60,7 @@ templates = Environment(
 
 
 def render(name: str, request: Request, session: DashboardSession | None, status: int = 200, **ctx: Any) -> Response:
-    csrf = services_of(request).signer.csrf_token(session.sid) if session else ""
+    csrf = ctx.pop("csrf", None) or (services_of(request).signer.csrf_token(session.sid) if session else "")
     html = templates.get_template(name).render(session=session, csrf=csrf, path=request.url.path, **ctx)
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
@@ -104,32 +109,63 @@ def csrf_refused(request: Request, session: DashboardSession) -> Response:
 # -- sign-in ------------------------------------------------------------------------------------
 
 
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or (services_of(request).settings.public_url or "").startswith("https://")
+
+
+def _login_nonce(request: Request) -> str | None:
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    return nonce if re.fullmatch(r"[0-9a-f]{32}", nonce) else None
+
+
+def login_form(request: Request, *, next: str, error: str | None, status: int = 200) -> Response:
+    """The sign-in form with its CSRF token, bound to a random value in a SameSite=Strict cookie
+    (login CSRF: another site cannot sign an operator in as someone else without it)."""
+    nonce = _login_nonce(request) or secrets.token_hex(16)
+    csrf = services_of(request).signer.csrf_token(f"login:{nonce}")
+    response = render("login.html", request, None, status=status, next=next, error=error, csrf=csrf)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=LOGIN_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/login",
+    )
+    return response
+
+
 @router.get("/login")
 def login_page(request: Request, next: str | None = None) -> Response:
-    return render("login.html", request, None, next=safe_next(next), error=None)
+    return login_form(request, next=safe_next(next), error=None)
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
     services: Services = services_of(request)
     form = await form_of(request)
-    token = form.get("token", "").strip()
     target = safe_next(form.get("next"))
+    nonce = _login_nonce(request)
+    if nonce is None or not services.signer.check_csrf(f"login:{nonce}", form.get("csrf", "")):
+        error = "The sign-in form expired or came from another page; please sign in again."
+        return login_form(request, next=target, error=error, status=403)
+    token = form.get("token", "").strip()
     name = await run_in_threadpool(services.auth.admin, token) if token else None
     if name is None:  # device tokens, revoked and unknown tokens alike
         await asyncio.sleep(0.2)  # a little friction for guessing
-        return render("login.html", request, None, status=401, next=target, error="That is not an admin token.")
+        return login_form(request, next=target, error="That is not an admin token.", status=401)
     response = RedirectResponse(target, status_code=303, headers=HEADERS)
-    public = services.settings.public_url or ""
     response.set_cookie(
         COOKIE,
         services.signer.session_cookie(name, ttl=SESSION_SECONDS),
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https" or public.startswith("https://"),
+        secure=_secure(request),
         path="/",
     )
+    response.delete_cookie(LOGIN_COOKIE, path="/login", httponly=True, samesite="strict")
     return response
 
 
