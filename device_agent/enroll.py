@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import EnrollmentError, TransientError
 from .fsutil import read_json
 from .policy import Backoff
-from .protocol import Credentials
+from .protocol import TOKEN_LIFETIME_BOUNDS, Credentials
 
 if TYPE_CHECKING:
     from .device import Device
@@ -42,7 +42,10 @@ async def ensure_credentials(dev: Device) -> None:
     if stored is not None and stored.get("server") == cfg.server:
         dev.client.token = stored["token"]
         dev.device_id = stored.get("device_id") or dev.device_id
-        dev.renew_at = stored.get("renew_at", 0.0)  # none stored: an older agent's token, renewed at once
+        renew_at = stored.get("renew_at", 0.0)  # none stored: an older agent's token, renewed at once
+        if renew_at is not None and renew_at > cfg.clock() + TOKEN_LIFETIME_BOUNDS[1]:
+            renew_at = 0.0  # further off than any token lives: the file, or the clock, is wrong
+        dev.renew_at = renew_at
         return
     if not cfg.enroll_secret:
         raise EnrollmentError("no stored token: pass an enrollment secret or a token file")

@@ -201,3 +201,38 @@ def test_agent_without_an_enrollment_secret_keeps_serving_backs_off_and_reports(
 
     served(env, before, secret_key=KEY_A)
     served(env, after, **RETIRED)
+
+
+@pytest.mark.parametrize("renew_at", ["absent", "tomorrow", 1e300], ids=["older-agent", "garbled", "absurd"])
+def test_stored_credentials_without_a_usable_renewal_time_are_renewed_at_the_first_poll(
+    env: Env, tmp_path: Path, renew_at: Any
+) -> None:
+    cfg = config(env, tmp_path)
+
+    async def scenario(real: Real) -> None:
+        await running(
+            Agent(cfg, transport=httpx.ASGITransport(app=real.app)),
+            lambda: eventually(lambda: _async(stored(cfg)), "the enrolled credentials"),
+        )
+        creds = stored(cfg)
+        assert creds is not None
+        if renew_at == "absent":  # what an agent before expiring tokens wrote
+            del creds["renew_at"]
+        else:
+            creds["renew_at"] = renew_at
+        (cfg.model_dir / "credentials.json").write_text(json.dumps(creds))
+        transport = Counting(real.app)
+        agent = Agent(cfg, transport=transport)
+
+        async def body() -> None:
+            def usable(s: dict[str, Any] | None) -> dict[str, Any] | None:
+                ok = s is not None and isinstance(s.get("renew_at"), float) and s["renew_at"] < cfg.clock() + 16 * DAY
+                return s if ok else None
+
+            renewed = await eventually(lambda: _async(usable(stored(cfg))), "a usable renewal time stored")
+            assert transport.renewals == 1
+            assert renewed["device_id"] == "cam-1"
+
+        await running(agent, body)
+
+    served(env, scenario)
