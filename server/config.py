@@ -6,6 +6,10 @@ server refuses to start on an empty, short or well-known secret (the metrics tok
 publisher keys, and without ``OTA_PUBLIC_URL`` or ``OTA_TRUSTED_HOSTS`` (signed download URLs must not be
 built from whatever ``Host`` a client sends), so that a forgotten variable cannot become an open registry.
 
+Secrets rotate with an overlap: ``OTA_PREVIOUS_SECRET_KEYS`` and ``OTA_PREVIOUS_ENROLLMENT_SECRETS``
+list earlier values, each with the moment it retires (``SECRET@2027-01-31T00:00:00Z``); production
+holds them to the same rules as current secrets (see docs/security.md, "Rotating secrets").
+
 Settings are read once (by the CLI, or by the test that builds them) and passed into
 :func:`server.app.create_app`; nothing below reads the environment again.
 """
