@@ -178,7 +178,9 @@ def bench_database(
             rollout_id = created.json()["id"]
             time.sleep(1.5)  # the registry view picks up the baseline
             browser = httpx.Client(base_url=base, timeout=120, follow_redirects=False)
-            signed_in = browser.post("/login", data={"token": ADMIN_TOKEN, "next": "/"})
+            form = browser.get("/login").text  # the sign-in form's CSRF token (and its cookie)
+            login_csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            signed_in = browser.post("/login", data={"token": ADMIN_TOKEN, "next": "/", "csrf": login_csrf})
             if signed_in.status_code != 303:
                 raise RuntimeError(f"sign-in failed: {signed_in.status_code}")
             middle = f"cam-{args.devices // 2:06d}"

@@ -29,21 +29,31 @@ USER_AGENT = "ota-device-agent/0.1"
 STOP_GRACE = 5.0  # seconds a clean stop waits for an event delivery in flight
 
 
-def http_client(*, timeout: float, connections: int = 10) -> httpx.AsyncClient:
+def http_client(
+    *, timeout: float, connections: int = 10, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
     """Redirects are followed (a blob URL may redirect to object storage); httpx drops the bearer
-    token when a redirect leaves the server's origin."""
+    token when a redirect leaves the server's origin. `transport` replaces the network (tests)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout, connect=10.0, pool=None),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=True,
         headers={"User-Agent": USER_AGENT},
+        transport=transport,
     )
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, *, runtime: Runtime | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        runtime: Runtime | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.config = config
         self.runtime = runtime or LocalRuntime(config.threads)
+        self._transport = transport  # the network, unless a test puts the server in-process
         self.ready = threading.Event()  # set once the installed model (if any) is loaded and served
         self._device: Device | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,7 +85,7 @@ class Agent:
         """Boot, enroll if needed, then poll and install until `stop()`; a crash of the loop is re-raised."""
         self._loop = asyncio.get_running_loop()
         self._loop.set_default_executor(update_executor(self.config.update_niceness))
-        async with http_client(timeout=self.config.http_timeout) as http:
+        async with http_client(timeout=self.config.http_timeout, transport=self._transport) as http:
             device = Device(self.config, http=http, runtime=self.runtime)
             await device.start()
             self._device = device

@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--model-dir", required=True, type=Path, help="where slots, state, token and events live")
     run.add_argument("--device-id", help="the id to enroll with (default: the server assigns one)")
-    run.add_argument("--token-file", type=Path, help="use this device token instead of enrolling")
+    run.add_argument(
+        "--token-file", type=Path, help="use this device token instead of enrolling (never renewed: it expires)"
+    )
     run.add_argument("--label", action="append", type=_label, default=[], metavar="K=V", help="enrollment label")
     run.add_argument("--serve", metavar="HOST:PORT", help="serve POST /predict and GET /status here")
     run.add_argument("--poll-interval", type=_positive, help="seconds between polls (default: the server's, else 300)")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class AgentConfig:
     crash_at: str | None = None  # test seam: SIGKILL this process at the named crash point (see CRASH_AT_ENV)
     disk: Disk = field(default_factory=Disk, compare=False, repr=False)  # every write goes through it (test seam)
     root: A.TrustState | None = None  # --root: the root of trust; publisher keys then rotate (device_agent.trust)
+    clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)  # when tokens renew (test seam)
 
     def __post_init__(self) -> None:
         if self.poll_interval <= 0 or self.metrics_interval <= 0:

@@ -85,6 +85,7 @@ class Device:
         self.install: Install | None = None  # the install the current state works on (set by enter(), for status)
         self.device_id: str | None = config.device_id
         self.last_error: dict[str, Any] | None = None
+        self.renew_at: float | None = None  # when the token is renewed (config.clock); None: never (see enroll.py)
         self.installs: list[dict[str, Any]] = []  # replaced, never mutated: the HTTP thread reads it
         self.bytes_by_source = {"delta": 0, "full": 0}
         self.retries = 0  # transient failures met by the update loop

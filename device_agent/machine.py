@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 import artifact as A
 
 from .device import Device
-from .enroll import reenroll
+from .enroll import reenroll, renew_token
 from .errors import AuthError, CrashLoopError, OfferError, SlotError, TransientError
 from .install import Install
 from .policy import classify
@@ -128,6 +128,7 @@ async def idle(dev: Device, install: Install | None) -> Next:
 
 
 async def checking(dev: Device, install: Install | None) -> Next:
+    await renew_token(dev)  # halfway through its lifetime: before the poll, so the poll uses the new one
     rec = dev.record
     current = dev.holder.version
     offer = await dev.client.poll(current, rec.etag if install is None and rec.etag_version == current else None)

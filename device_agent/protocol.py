@@ -34,6 +34,8 @@ EVENTS_PATH = "/v1/device/events"
 TRUST_PATH = "/v1/trust"
 TRUST_VERSION_HEADER = "ota-trust-version"  # on poll answers: the tag of the server's trust chain
 MAX_TRUST_ANSWER_BYTES = 2 * 1024 * 1024  # up to 64 roots and a keys document (artifact.trust bounds each)
+TOKEN_PATH = "/v1/device/token"
+TOKEN_LIFETIME_BOUNDS = (60.0, 10 * 365 * 86_400.0)  # a lifetime outside these is clamped
 MAX_ANSWER_BYTES = 256 * 1024  # poll, enroll and events answers: a manifest is < 64 KB
 POLL_INTERVAL_BOUNDS = (1.0, 86_400.0)  # what a server may ask: at most once a second, at least once a day
 EVENT_TYPES = ("checking", "downloading", "verified", "installed", "failed", "rolled_back", "metrics")
@@ -88,6 +90,30 @@ class Offer:
 class Credentials:
     device_id: str
     token: str
+    expires_in: float | None = None  # seconds the token lives from when it was received; None: the server said not
+
+
+def token_lifetime(value: Any) -> float | None:
+    """The server's `expires_in`, clamped to :data:`TOKEN_LIFETIME_BOUNDS`; None for anything that is not
+    a positive finite number (an older server sends none: its tokens never expire)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    low, high = TOKEN_LIFETIME_BOUNDS
+    return min(max(seconds, low), high)
+
+
+def _token_answer(data: Any, what: str) -> tuple[str, float | None]:
+    if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data["token"]:
+        raise ProtocolError(f"{what}: the answer carries no token")
+    if len(data["token"]) > 1024 or not data["token"].isascii() or not data["token"].isprintable():
+        raise ProtocolError(f"{what}: the token is not one a server issues")
+    return data["token"], token_lifetime(data.get("expires_in"))
 
 
 def _int(value: Any, what: str, minimum: int = 0) -> int:
@@ -333,12 +359,23 @@ class ServerClient:
             async with self._gate, self.http.stream(method, self.url(url), headers=sent, **kwargs) as response:
                 return response, await _read_capped(response, what, cap)
 
-    async def enroll(self, *, secret: str, model: str, device_id: str | None, labels: Mapping[str, str]) -> Credentials:
+    async def enroll(
+        self,
+        *,
+        secret: str,
+        model: str,
+        device_id: str | None,
+        labels: Mapping[str, str],
+        previous_token: str | None = None,
+    ) -> Credentials:
+        """Enroll; `previous_token` (the one the server refused) lets an enrolled device enroll again."""
         body: dict[str, Any] = {"enrollment_secret": secret, "model": model}
         if device_id:
             body["device_id"] = device_id
         if labels:
             body["labels"] = dict(labels)
+        if previous_token:
+            body["previous_token"] = previous_token
         response, answer = await self._exchange("enroll", "POST", ENROLL_PATH, json=body)
         if response.status_code in (429,) or response.status_code >= 500:
             _raise_for_status(response, "enroll", answer)
@@ -347,9 +384,20 @@ class ServerClient:
         data = _json(answer, "enroll")
         if not isinstance(data, dict) or not isinstance(data.get("token"), str) or not data.get("device_id"):
             raise ProtocolError("enroll: the answer carries no device_id and token")
-        creds = Credentials(device_id=str(data["device_id"])[:200], token=data["token"])
+        token, lifetime = _token_answer(data, "enroll")
+        creds = Credentials(device_id=str(data["device_id"])[:200], token=token, expires_in=lifetime)
         self.token = creds.token
         return creds
+
+    async def renew_token(self) -> tuple[str, float | None]:
+        """A fresh token for this device (and its lifetime), asked for with the current one."""
+        response, answer = await self._exchange("renew token", "POST", TOKEN_PATH, headers=self._auth(self.base_url))
+        _raise_for_status(response, "renew token", answer)
+        if response.status_code != 200:
+            raise ProtocolError(f"renew token: unexpected HTTP {response.status_code}", status=response.status_code)
+        token, lifetime = _token_answer(_json(answer, "renew token"), "renew token")
+        self.token = token
+        return token, lifetime
 
     async def poll(self, current_version: int | None, etag: str | None) -> Offer | None:
         """The offer, or None (204 nothing new, 304 the offer named by `etag` is unchanged)."""

@@ -6,16 +6,21 @@ server refuses to start on an empty, short or well-known secret (the metrics tok
 publisher keys, and without ``OTA_PUBLIC_URL`` or ``OTA_TRUSTED_HOSTS`` (signed download URLs must not be
 built from whatever ``Host`` a client sends), so that a forgotten variable cannot become an open registry.
 
+Secrets rotate with an overlap: ``OTA_PREVIOUS_SECRET_KEYS`` and ``OTA_PREVIOUS_ENROLLMENT_SECRETS``
+list earlier values, each with the moment it retires (``SECRET@2027-01-31T00:00:00Z``); production
+holds them to the same rules as current secrets (see docs/security.md, "Rotating secrets").
+
 Settings are read once (by the CLI, or by the test that builds them) and passed into
 :func:`server.app.create_app`; nothing below reads the environment again.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
@@ -40,6 +45,44 @@ _PLACEHOLDERS = {
 }
 MIN_SECRET_LENGTH = 24
 MiB = 1024 * 1024
+DAY = 86400
+
+
+class RetiringSecret(BaseModel):
+    """A secret that still works until `until`, then is refused as retired (a rotation's overlap).
+
+    In the environment: ``secret@2027-01-31T00:00:00Z``, comma-separated (the last ``@`` splits, so
+    a secret may contain ``@`` but no comma). Its date must name a time zone.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    secret: SecretStr
+    until: datetime
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("the retirement date needs a time zone (e.g. 2027-01-31T00:00:00Z)")
+        return value
+
+
+def _retiring(value: object, name: str) -> object:
+    """``secret@date,secret@date`` → a list of :class:`RetiringSecret` fields (errors never echo a secret)."""
+    if not isinstance(value, str):
+        return value
+    entries = []
+    for n, entry in enumerate((e.strip() for e in value.split(",") if e.strip()), 1):
+        secret, at, when = entry.rpartition("@")
+        if not at or not secret:
+            raise ValueError(f"{name} entry {n} must look like SECRET@2027-01-31T00:00:00Z")
+        try:
+            until = datetime.fromisoformat(when.strip())
+        except ValueError:
+            raise ValueError(f"{name} entry {n}: the date after '@' is not an RFC 3339 time") from None
+        entries.append({"secret": secret, "until": until})
+    return entries
 
 
 class Settings(BaseSettings):
@@ -67,7 +110,20 @@ class Settings(BaseSettings):
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     enrollment_secret: SecretStr = SecretStr(DEV_ENROLLMENT_SECRET)
-    secret_key: SecretStr = Field(SecretStr(DEV_SECRET_KEY), description="signs device tokens and blob download URLs")
+    secret_key: SecretStr = Field(
+        SecretStr(DEV_SECRET_KEY), description="signs device tokens, blob download URLs and dashboard sessions"
+    )
+    previous_secret_keys: Annotated[list[RetiringSecret], NoDecode] = Field(
+        default_factory=list,
+        description="earlier OTA_SECRET_KEY values, `key@RFC3339,…`: what they signed verifies until that moment",
+    )
+    previous_enrollment_secrets: Annotated[list[RetiringSecret], NoDecode] = Field(
+        default_factory=list,
+        description="earlier OTA_ENROLLMENT_SECRET values, `secret@RFC3339,…`: accepted until that moment",
+    )
+    device_token_seconds: int = Field(
+        30 * DAY, ge=60, le=365 * DAY, description="lifetime of a device token; agents renew theirs halfway"
+    )
     publisher_keys: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     publisher_threshold: int = Field(1, ge=1)
 
@@ -110,6 +166,16 @@ class Settings(BaseSettings):
             return [Path(p.strip()) for p in value.split(",") if p.strip()]
         return value
 
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_previous_keys(cls, value: object) -> object:
+        return _retiring(value, "OTA_PREVIOUS_SECRET_KEYS")
+
+    @field_validator("previous_enrollment_secrets", mode="before")
+    @classmethod
+    def _split_previous_enrollment(cls, value: object) -> object:
+        return _retiring(value, "OTA_PREVIOUS_ENROLLMENT_SECRETS")
+
     @field_validator("trusted_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -145,6 +211,18 @@ class Settings(BaseSettings):
         return Path(tempfile.gettempdir()) / "ota-spool"
 
     @model_validator(mode="after")
+    def _rotations_differ(self) -> Settings:
+        """A previous value equal to the current one (or listed twice) would make "retired" ambiguous."""
+        for name, current, previous in (
+            ("OTA_PREVIOUS_SECRET_KEYS", self.secret_key, self.previous_secret_keys),
+            ("OTA_PREVIOUS_ENROLLMENT_SECRETS", self.enrollment_secret, self.previous_enrollment_secrets),
+        ):
+            values = [current.get_secret_value(), *(p.secret.get_secret_value() for p in previous)]
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} repeats a secret, or lists the current one")
+        return self
+
+    @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
         if self.env != "production":
             return self
@@ -159,7 +237,13 @@ class Settings(BaseSettings):
             problems.append("OTA_METRICS_TOKEN is empty: /metrics would be public")
         else:
             secrets["OTA_METRICS_TOKEN"] = metrics
-        for name, secret in secrets.items():
+        checked = dict(secrets)
+        for name, previous in (
+            ("OTA_PREVIOUS_SECRET_KEYS", self.previous_secret_keys),
+            ("OTA_PREVIOUS_ENROLLMENT_SECRETS", self.previous_enrollment_secrets),
+        ):
+            checked.update({f"{name} entry {n}": p.secret for n, p in enumerate(previous, 1)})
+        for name, secret in checked.items():
             value = secret.get_secret_value()
             if value.strip().lower() in _PLACEHOLDERS or value.strip().lower().startswith(("dev-", "change")):
                 problems.append(f"{name} is a placeholder")

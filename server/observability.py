@@ -62,6 +62,12 @@ class Metrics:
             registry=r,
         )
         self.enrollments = Counter("ota_enrollments", "Devices enrolled", registry=r)
+        self.device_tokens = Counter(
+            "ota_device_tokens_issued",
+            "Device tokens issued, by how (enrolled, re_enrolled, renewed)",
+            ["how"],
+            registry=r,
+        )
         self.device_events = Counter("ota_device_events", "Device events recorded", ["type"], registry=r)
         self.rollout_transitions = Counter(
             "ota_rollout_transitions",

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from ..core.security import DeviceIdentity, secret_equals
 from ..core.services import Services
 from ..db.models import Device
-from ..errors import AuthenticationError, BlobNotFoundError, EnrollmentRefusedError, ForbiddenError
+from ..errors import AuthenticationError, BlobNotFoundError, ForbiddenError
 from .schemas import EnrollRequest
 
 
@@ -93,13 +93,17 @@ async def require_blob_access(
     sha256: str,
     expires: Annotated[int | None, Query(description="expiry of a signed download URL")] = None,
     sig: Annotated[str | None, Query(max_length=64, description="signature of a signed download URL")] = None,
+    kid: Annotated[str | None, Query(max_length=16, description="id of the key that signed the URL")] = None,
 ) -> None:
     """A signed download URL (as handed out in offers), an admin token, or a device token for a blob
     of its own model (a payload, ONNX or delta of one of its versions). Another model's blob is 404 to
     a device, exactly like a blob that does not exist, so a token cannot probe what else is stored."""
     if expires is not None or sig is not None:
-        if expires is None or sig is None or not services.signer.check_blob_signature(sha256, expires, sig):
-            raise ForbiddenError("the download URL's signature is invalid or expired; poll again for a fresh one")
+        if expires is None or sig is None:
+            raise ForbiddenError("a signed download URL needs both expires and sig; poll again for a fresh one")
+        refusal = services.signer.blob_url_refusal(sha256, expires, sig, kid=kid)
+        if refusal is not None:
+            raise ForbiddenError(refusal)
         return
     token = bearer_token(request)
     identity = services.auth.device(token)
@@ -115,9 +119,9 @@ async def require_blob_access(
 
 
 async def require_enrollment_secret(body: EnrollRequest, services: ServicesDep) -> EnrollRequest:
-    """Enrollment is authorized by the fleet's shared secret in the body, not by a bearer token."""
-    if not secret_equals(body.enrollment_secret, services.settings.enrollment_secret.get_secret_value()):
-        raise EnrollmentRefusedError("the enrollment secret is wrong")
+    """Enrollment is authorized by the fleet's shared secret in the body (the current one, or a
+    previous one until it retires), not by a bearer token."""
+    services.auth.enrollment.check(body.enrollment_secret)
     return body
 
 

@@ -47,12 +47,22 @@ class EnrollRequest(_In):
     device_id: DeviceId | None = Field(None, description="chosen by the server when absent")
     model: ModelName
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=32)
+    previous_token: Annotated[str, _text(1024)] | None = Field(
+        None,
+        description="the device's last token (expired, or signed with a retired key): lets an enrolled device "
+        "enroll again under its id, keeping its history",
+    )
 
 
-class EnrollResponse(BaseModel):
+class TokenResponse(BaseModel):
+    token: str = Field(description="shown once; the server keeps no copy it could show again")
+    expires_at: datetime = Field(description="when the token stops working")
+    expires_in: int = Field(description="seconds from now until then (renew halfway: device clocks drift)")
+
+
+class EnrollResponse(TokenResponse):
     device_id: str
     model: str
-    token: str = Field(description="shown once; the server keeps no copy it could show again")
     poll_interval: int
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +59,8 @@ class EventReport(Protocol):
 class Enrolled:
     device: Device
     token: str
+    expires: int  # Unix time the token stops working
+    again: bool = False  # an enrolled device renewed its credential (see `Fleet.enroll`)
 
 
 @dataclass(frozen=True)
@@ -84,30 +87,57 @@ class EventHook(Protocol):
 class Fleet:
     """Enrollment, events and the admin's views of devices; each method is one transaction (blocking)."""
 
-    def __init__(self, db: Database, signer: Signer, *, on_events: EventHook | None = None) -> None:
+    def __init__(
+        self, db: Database, signer: Signer, *, on_events: EventHook | None = None, token_seconds: int = 30 * 86400
+    ) -> None:
         self.db = db
         self.signer = signer
         self.on_events = on_events
+        self.token_seconds = token_seconds
 
-    def enroll(self, *, device_id: str | None, model: str, labels: dict[str, str]) -> Enrolled:
-        """Create the device and its token (committed); :class:`DeviceExistsError` if the id is taken."""
+    def enroll(
+        self, *, device_id: str | None, model: str, labels: dict[str, str], previous: DeviceIdentity | None = None
+    ) -> Enrolled:
+        """Create the device and its token (committed); :class:`DeviceExistsError` if the id is taken.
+
+        An enrolled device enrolls again — keeping its row, history and labels — when `previous` is
+        a token this server issued to that very enrollment (its MAC verified under a configured key,
+        retired or not, expired or not): the way back for a device whose token expired while it was
+        off, or whose key was retired. A revoked device has no row any more and simply enrolls anew.
+        """
         device_id = device_id or f"dev-{secrets.token_hex(8)}"
         try:
             with self.db.session() as session:
-                if device_data.get_device(session, device_id=device_id) is not None:
-                    raise DeviceExistsError(
-                        f"device {device_id!r} is already enrolled; an admin must delete it before it can enroll again"
-                    )
+                existing = device_data.get_device(session, device_id=device_id)
+                if existing is not None:
+                    if not _proves(previous, existing):
+                        raise DeviceExistsError(
+                            f"device {device_id!r} is already enrolled; it may enroll again with its previous token "
+                            "(previous_token), or after an admin deleted it"
+                        )
+                    if existing.model_name != model:
+                        raise DeviceExistsError(
+                            f"device {device_id!r} is enrolled for model {existing.model_name!r}, not {model!r}"
+                        )
+                    return self._issue(existing, again=True)
                 device = device_data.create_device(
                     session, device_id=device_id, model=model, token_id=new_token_id(), labels=labels
                 )
                 session.commit()
         except ConstraintViolationError as e:  # a concurrent enrollment of the same id won
             raise DeviceExistsError(f"device {device_id!r} is already enrolled") from e
-        token = self.signer.device_token(
-            DeviceIdentity(pk=device.id, device_id=device.device_id, model=device.model_name, token_id=device.token_id)
+        return self._issue(device)
+
+    def renew(self, device: Device) -> Enrolled:
+        """A fresh token for an enrolled device, signed with the current key, expiring later (no write)."""
+        return self._issue(device)
+
+    def _issue(self, device: Device, *, again: bool = False) -> Enrolled:
+        expires = int(time.time()) + self.token_seconds
+        identity = DeviceIdentity(
+            pk=device.id, device_id=device.device_id, model=device.model_name, token_id=device.token_id, expires=expires
         )
-        return Enrolled(device, token)
+        return Enrolled(device, self.signer.device_token(identity), expires, again)
 
     def enrolled(self, pk: int) -> Device:
         """The calling device's row; :class:`AuthenticationError` if it was deleted since its token was checked."""
@@ -165,6 +195,16 @@ class Fleet:
         """(model, installed version, devices) and (model, status, devices) rows."""
         with self.db.session() as session:
             return device_data.fleet_counts(session)
+
+
+def _proves(previous: DeviceIdentity | None, device: Device) -> bool:
+    """A token (verified by its MAC) issued to this enrollment of this device: same row, same token id."""
+    return (
+        previous is not None
+        and previous.pk == device.id
+        and previous.device_id == device.device_id
+        and previous.token_id == device.token_id
+    )
 
 
 def _enrolled(session: Session, pk: int) -> Device:

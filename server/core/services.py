@@ -15,7 +15,7 @@ from ..db.session import Database
 from ..errors import ConfigurationError
 from ..observability import AccessLog, Metrics
 from ..storage import Storage, open_storage
-from .auth import Authenticator
+from .auth import Authenticator, EnrollmentSecrets
 from .dashboard import Dashboard
 from .deltas import DeltaService
 from .fleet import Fleet
@@ -73,7 +73,10 @@ def build_services(settings: Settings) -> Services:
         statement_timeout=settings.db_statement_timeout,
     )
     storage = open_storage(settings)
-    signer = Signer(settings.secret_key.get_secret_value())
+    signer = Signer(
+        settings.secret_key.get_secret_value(),
+        previous=[(p.secret.get_secret_value(), p.until) for p in settings.previous_secret_keys],
+    )
     view = RegistryView(db, interval=settings.cache_seconds)
     deltas = DeltaService(
         db,
@@ -116,8 +119,17 @@ def build_services(settings: Settings) -> Services:
         offers=offers,
         publisher=Publisher(db, storage, trust.publish_policy, max_model_bytes=settings.max_model_bytes),
         registry=Registry(db),
-        fleet=Fleet(db, signer, on_events=rollouts.record_events),
-        auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
+        fleet=Fleet(db, signer, on_events=rollouts.record_events, token_seconds=settings.device_token_seconds),
+        auth=Authenticator(
+            db,
+            signer,
+            view,
+            bootstrap_token=settings.admin_token.get_secret_value(),
+            enrollment=EnrollmentSecrets(
+                settings.enrollment_secret.get_secret_value(),
+                previous=[(p.secret.get_secret_value(), p.until) for p in settings.previous_enrollment_secrets],
+            ),
+        ),
         rollouts=rollouts,
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
         trust=trust,

@@ -1,11 +1,13 @@
-"""Admin tokens (stored as sha256 digests only)."""
+"""Admin tokens (stored as sha256 digests only) and signed-out dashboard sessions."""
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ..db.models import AdminToken
+from ..db.models import AdminToken, RevokedSession
 from ..db.session import utcnow
 
 
@@ -35,3 +37,23 @@ def revoke_admin_token(session: Session, *, token: AdminToken) -> None:
     if token.revoked_at is None:
         token.revoked_at = utcnow()
         session.flush()
+
+
+def admin_token_live(session: Session, *, name: str) -> bool:
+    """A minted admin token of this name exists and is not revoked."""
+    return (
+        session.scalar(select(AdminToken.id).where(AdminToken.name == name, AdminToken.revoked_at.is_(None)))
+        is not None
+    )
+
+
+def revoke_session(session: Session, *, sid: str, expires_at: datetime) -> None:
+    """List a signed-out session (signing out twice is harmless); sessions past their expiry are purged."""
+    session.execute(delete(RevokedSession).where(RevokedSession.expires_at < utcnow()))
+    if session.get(RevokedSession, sid) is None:
+        session.add(RevokedSession(sid=sid, expires_at=expires_at))
+    session.flush()
+
+
+def session_revoked(session: Session, *, sid: str) -> bool:
+    return session.get(RevokedSession, sid) is not None

@@ -10,6 +10,8 @@ What each table is for:
 - ``revoked_tokens``: device tokens are signed, not looked up (see :mod:`server.core.security`), so a
   decommissioned device's token id is listed here until the end of time.
 - ``admin_tokens``: admin tokens minted by ``ota-server create-token``, stored as sha256 digests.
+- ``revoked_sessions``: dashboard sessions are signed cookies; one signed out is listed here until
+  it would have expired anyway (then purged).
 - ``deltas``: one row per (model, from, to) pair. Its unique constraint is the *claim* that makes
   sure a delta is computed once, also across server processes sharing the database.
 - ``rollouts`` / ``rollout_history`` / ``rollout_devices`` / ``rollout_metrics``: staged rollouts
@@ -156,6 +158,13 @@ class RevokedToken(Base):
     token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     device_id: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RevokedSession(Base):
+    __tablename__ = "revoked_sessions"
+
+    sid: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class AdminToken(Base):

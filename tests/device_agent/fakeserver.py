@@ -26,6 +26,7 @@ import artifact as A
 from .models import Release
 
 SECRET = "enroll-me"
+TOKEN_SECONDS = 30 * 86400  # the real server's default device token lifetime
 Answer = tuple[int, dict[str, str], Iterable[bytes]]
 STRICT_FIELDS = {"type", "version", "reason", "at", "metrics", "installed_version"}
 
@@ -230,6 +231,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         if path == "/v1/devices/enroll":
             self._enroll(body)
+        elif path == "/v1/device/token":
+            self._renew()
         elif path == "/v1/device/events":
             device = self._device()
             if device is None:
@@ -273,7 +276,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.fake.tokens[token] = device_id
             self.fake.devices[device_id] = {"status": "enrolled", "installed_version": None}
         interval = self.fake.poll_interval
-        self._json(201, {"device_id": device_id, "model": body.get("model"), "token": token, "poll_interval": interval})
+        answer = {"device_id": device_id, "model": body.get("model"), "poll_interval": interval, **self._lifetime()}
+        self._json(201, {**answer, "token": token})
+
+    def _lifetime(self) -> dict[str, Any]:
+        expires = int(time.time()) + TOKEN_SECONDS
+        return {"expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)), "expires_in": TOKEN_SECONDS}
+
+    def _renew(self) -> None:
+        device = self._device()
+        if device is None:
+            self._unauthenticated()
+            return
+        token = secrets.token_urlsafe(16)
+        with self.fake._lock:
+            self.fake.tokens[token] = device  # the old one keeps working until it expires, as on the real server
+        self._json(200, {"token": token, **self._lifetime()})
 
     def do_GET(self) -> None:
         self._record()

@@ -43,11 +43,16 @@ def fleet(env: Env) -> Fleet:
     doomed = enroll(client, "dev-c")
     assert client.delete("/v1/devices/dev-c", headers=ADMIN).status_code == 204
     forged = Signer("not-the-server-secret").device_token(DeviceIdentity(1, "dev-a", "shapes", "0" * 32))
+    signer = Signer(env.base["secret_key"])
+    a = signer.read_device_token(device)
+    assert a is not None
+    expired = signer.device_token(DeviceIdentity(a.pk, a.device_id, a.model, a.token_id, expires=1))
     principals = {
         "none": {},
         "random token": bearer("not-a-token"),
         "forged device token": bearer(forged),
         "revoked device token": bearer(doomed),
+        "expired device token": bearer(expired),
         "admin-looking token": bearer("otaa_" + "x" * 43),
         "other device": bearer(other),
         "device": bearer(device),
@@ -60,7 +65,14 @@ Call = Callable[[Fleet, dict[str, str]], Any]
 _ROOT_KEY = A.generate_key()
 TRUST_ROOT = trust_root(1, [_ROOT_KEY], [_ROOT_KEY])
 TRUST_KEYS = trust_keys(1, [A.generate_key()], [_ROOT_KEY])
-UNAUTHENTICATED = ("none", "random token", "forged device token", "revoked device token", "admin-looking token")
+UNAUTHENTICATED = (
+    "none",
+    "random token",
+    "forged device token",
+    "revoked device token",
+    "expired device token",
+    "admin-looking token",
+)
 
 ADMIN_ENDPOINTS: dict[str, Call] = {
     "POST /v1/models/{m}/versions": lambda f, h: f.client.post(
@@ -95,6 +107,7 @@ ADMIN_ENDPOINTS: dict[str, Call] = {
 DEVICE_ENDPOINTS: dict[str, Call] = {
     "GET /v1/device/update": lambda f, h: f.client.get("/v1/device/update?current_version=0", headers=h),
     "POST /v1/device/events": lambda f, h: f.client.post("/v1/device/events", json=[{"type": "checking"}], headers=h),
+    "POST /v1/device/token": lambda f, h: f.client.post("/v1/device/token", headers=h),
 }
 BLOB_ENDPOINTS: dict[str, Call] = {
     "GET /v1/blobs/{sha}": lambda f, h: f.client.get(f"/v1/blobs/{f.blob}", headers=h),

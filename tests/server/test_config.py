@@ -51,6 +51,14 @@ def test_environment_variables_are_read_with_the_ota_prefix(monkeypatch: pytest.
         ({**STRONG, "secret_key": "short"}, "OTA_SECRET_KEY is shorter"),
         ({**STRONG, "secret_key": STRONG["admin_token"]}, "must differ"),
         ({**STRONG, "publisher_keys": []}, "OTA_PUBLISHER_KEYS is empty"),
+        (
+            {**STRONG, "previous_secret_keys": "short@2027-01-31T00:00:00Z"},
+            "OTA_PREVIOUS_SECRET_KEYS entry 1 is shorter",
+        ),
+        (
+            {**STRONG, "previous_enrollment_secrets": f"{'x' * 30}@2027-01-31T00:00:00Z,changeme@2027-01-31T00:00:00Z"},
+            "OTA_PREVIOUS_ENROLLMENT_SECRETS entry 2 is a placeholder",
+        ),
     ],
 )
 def test_production_refuses_placeholder_or_missing_secrets(
@@ -87,3 +95,35 @@ def test_threshold_above_the_number_of_keys_stops_the_server(tmp_path: Path) -> 
     A.save_public_key(A.generate_key(), key)
     with pytest.raises(ConfigurationError, match="THRESHOLD"):
         create_app(Settings(database_url=f"sqlite:///{tmp_path}/x.db", publisher_keys=[key], publisher_threshold=2))
+
+
+def test_previous_secrets_are_read_as_secret_at_date_pairs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "OTA_PREVIOUS_SECRET_KEYS",
+        "old-key-with-@-inside-0123456789@2027-01-31T00:00:00Z, k2@2026-06-01T12:00:00+02:00",
+    )
+    s = load_settings()
+    assert [(p.secret.get_secret_value(), p.until.isoformat()) for p in s.previous_secret_keys] == [
+        ("old-key-with-@-inside-0123456789", "2027-01-31T00:00:00+00:00"),
+        ("k2", "2026-06-01T12:00:00+02:00"),
+    ]
+    assert "0123456789" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("hunter2-no-date", "entry 1 must look like SECRET@"),
+        ("hunter2@yesterday", "entry 1: the date after '@' is not an RFC 3339 time"),
+        ("hunter2@2027-01-31T00:00:00", "needs a time zone"),
+    ],
+)
+def test_malformed_previous_secret_is_refused_without_echoing_it(value: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint) as caught:
+        load_settings(previous_secret_keys=value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_previous_secret_equal_to_the_current_one_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="OTA_PREVIOUS_ENROLLMENT_SECRETS repeats a secret"):
+        load_settings(enrollment_secret="same-secret", previous_enrollment_secrets="same-secret@2027-01-31T00:00:00Z")

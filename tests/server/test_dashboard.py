@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.api.routes.dashboard import COOKIE, SESSION_SECONDS
+from server.core.auth import BOOTSTRAP, create_admin_token, revoke_admin_token
 from server.core.services import Services
 
 from .conftest import ADMIN, ADMIN_TOKEN, Env, bearer, enroll, publish, release
@@ -28,8 +29,12 @@ def services(client: TestClient) -> Services:
     return s
 
 
-def sign_in(client: TestClient, token: str = ADMIN_TOKEN) -> Any:
-    return client.post("/login", data={"token": token, "next": "/"}, follow_redirects=False)
+def sign_in(client: TestClient, token: str = ADMIN_TOKEN, next: str = "/") -> Any:
+    """Sign in as a browser does: load the form (its CSRF token and cookie), then post it."""
+    form = client.get("/login")
+    return client.post(
+        "/login", data={"token": token, "next": next, "csrf": csrf_of(form.text)}, follow_redirects=False
+    )
 
 
 def csrf_of(page: str) -> str:
@@ -92,9 +97,48 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_sign_out_clears_it(env: Env, 
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
+def test_signing_out_ends_the_session_even_for_a_copy_of_its_cookie(env: Env, client: TestClient) -> None:
+    sign_in(client)
+    stolen = client.cookies[COOKIE]
+    page = client.get("/")
+    assert client.post("/logout", data={"csrf": csrf_of(page.text)}, follow_redirects=False).status_code == 303
+    other = env.client()  # another server process on the same database
+    for c in (client, other):
+        c.cookies.set(COOKIE, stolen)
+        r = c.get("/", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login")
+        c.cookies.clear()
+    sign_in(client)  # a new session works
+    assert client.get("/", follow_redirects=False).status_code == 200
+
+
+def test_revoking_an_admin_token_ends_its_dashboard_sessions(env: Env, client: TestClient) -> None:
+    db = services(client).db
+    token = create_admin_token(db, name="ops")
+    assert token is not None
+    assert sign_in(client, token).status_code == 303
+    assert client.get("/", follow_redirects=False).status_code == 200
+    assert revoke_admin_token(db, name="ops")
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
 def test_the_cookie_is_secure_behind_https(env: Env) -> None:
     client = env.client(public_url="https://ota.example")
     assert "Secure" in sign_in(client).headers["set-cookie"]
+
+
+def test_sign_in_without_the_forms_csrf_token_is_refused(env: Env, client: TestClient) -> None:
+    """Login CSRF: another site cannot post its own admin token into an operator's browser."""
+    form = client.get("/login")
+    csrf = csrf_of(form.text)
+    for data in ({"token": ADMIN_TOKEN}, {"token": ADMIN_TOKEN, "csrf": "forged"}):
+        r = client.post("/login", data=data, follow_redirects=False)
+        assert r.status_code == 403 and "sign in again" in r.text
+        assert COOKIE not in r.headers.get("set-cookie", "")
+    stranger = env.client()  # a browser without the form's cookie, holding a token copied from the page
+    r = stranger.post("/login", data={"token": ADMIN_TOKEN, "csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 403
+    assert sign_in(client).status_code == 303
 
 
 def test_a_device_token_or_a_wrong_token_cannot_sign_in(env: Env, client: TestClient) -> None:
@@ -108,17 +152,17 @@ def test_a_device_token_or_a_wrong_token_cannot_sign_in(env: Env, client: TestCl
 
 def test_sign_in_never_redirects_off_the_server(client: TestClient) -> None:
     for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
-        r = client.post("/login", data={"token": ADMIN_TOKEN, "next": target}, follow_redirects=False)
+        r = sign_in(client, next=target)
         assert r.headers["location"] == "/", target
 
 
 def test_a_session_expires(env: Env, client: TestClient) -> None:
     signer = services(client).signer
     client.cookies.set(
-        COOKIE, signer.session_cookie("admin", ttl=SESSION_SECONDS, now=time.time() - SESSION_SECONDS - 1)
+        COOKIE, signer.session_cookie(BOOTSTRAP, ttl=SESSION_SECONDS, now=time.time() - SESSION_SECONDS - 1)
     )
     assert client.get("/", follow_redirects=False).status_code == 303
-    client.cookies.set(COOKIE, signer.session_cookie("admin", ttl=SESSION_SECONDS))
+    client.cookies.set(COOKIE, signer.session_cookie(BOOTSTRAP, ttl=SESSION_SECONDS))
     assert client.get("/", follow_redirects=False).status_code == 200
 
 

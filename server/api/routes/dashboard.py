@@ -4,14 +4,18 @@ Pages are Jinja2 templates shipped in the package (``server/api/templates``); ch
 computed here; there is no JavaScript and nothing is loaded from elsewhere. A page is shown only to
 a signed-in admin: signing in with an admin token (never a device token) sets an HttpOnly,
 SameSite=Strict cookie signed with the server's secret, which expires after
-:data:`SESSION_SECONDS`. Every form that changes something carries a CSRF token bound to the
-session and checked here. Actions call the same core services as the REST API.
+:data:`SESSION_SECONDS`, and ends earlier at sign-out or when its admin token is revoked. Every
+form that changes something carries a CSRF token bound to the session and checked here (the
+sign-in form one bound to a SameSite=Strict cookie of its own). Actions
+call the same core services as the REST API.
 """
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
+import re
+import secrets
 import urllib.parse
 from typing import Annotated, Any
 
@@ -33,6 +37,8 @@ RolloutId = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 Version = Annotated[int, Path(ge=1, le=schemas.MAX_INT)]
 COOKIE = "ota_session"
 SESSION_SECONDS = 12 * 3600
+LOGIN_COOKIE = "ota_login"  # the sign-in form's CSRF binding
+LOGIN_SECONDS = 3600
 PAGE_SIZE = 50
 ACTIONS: tuple[Action, ...] = ("pause", "resume", "abort", "advance")
 STATUSES = ("enrolled", "checking", "downloading", "verified", "installed", "failed", "rolled_back")
@@ -54,14 +60,16 @@ templates = Environment(
 
 
 def render(name: str, request: Request, session: DashboardSession | None, status: int = 200, **ctx: Any) -> Response:
-    csrf = services_of(request).signer.csrf_token(session.sid) if session else ""
+    csrf = ctx.pop("csrf", None) or (services_of(request).signer.csrf_token(session.sid) if session else "")
     html = templates.get_template(name).render(session=session, csrf=csrf, path=request.url.path, **ctx)
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
-def current_session(request: Request) -> DashboardSession | None:
+async def current_session(request: Request) -> DashboardSession | None:
+    """The signed-in session, if the cookie's session is still live (see `Authenticator.dashboard_session`)."""
     cookie = request.cookies.get(COOKIE)
-    session = services_of(request).signer.read_session_cookie(cookie) if cookie else None
+    auth = services_of(request).auth
+    session = await run_in_threadpool(auth.dashboard_session, cookie) if cookie else None
     if session is not None:
         request.state.admin = session.admin  # the access log names who acted, as for the API
     return session
@@ -104,7 +112,7 @@ async def action_form(request: Request) -> tuple[DashboardSession, str] | Respon
     Without a session: to sign in; without this session's CSRF token: 403. The reason may be empty:
     each action says itself that it needs one.
     """
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     form = await checked_form(request, session)
@@ -116,40 +124,73 @@ async def action_form(request: Request) -> tuple[DashboardSession, str] | Respon
 # -- sign-in ------------------------------------------------------------------------------------
 
 
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https" or (services_of(request).settings.public_url or "").startswith("https://")
+
+
+def _login_nonce(request: Request) -> str | None:
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    return nonce if re.fullmatch(r"[0-9a-f]{32}", nonce) else None
+
+
+def login_form(request: Request, *, next: str, error: str | None, status: int = 200) -> Response:
+    """The sign-in form with its CSRF token, bound to a random value in a SameSite=Strict cookie
+    (login CSRF: another site cannot sign an operator in as someone else without it)."""
+    nonce = _login_nonce(request) or secrets.token_hex(16)
+    csrf = services_of(request).signer.csrf_token(f"login:{nonce}")
+    response = render("login.html", request, None, status=status, next=next, error=error, csrf=csrf)
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=LOGIN_SECONDS,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+        path="/login",
+    )
+    return response
+
+
 @router.get("/login")
 def login_page(request: Request, next: str | None = None) -> Response:
-    return render("login.html", request, None, next=safe_next(next), error=None)
+    return login_form(request, next=safe_next(next), error=None)
 
 
 @router.post("/login")
 async def login(request: Request) -> Response:
     services: Services = services_of(request)
     form = await form_of(request)
-    token = form.get("token", "").strip()
     target = safe_next(form.get("next"))
+    nonce = _login_nonce(request)
+    if nonce is None or not services.signer.check_csrf(f"login:{nonce}", form.get("csrf", "")):
+        error = "The sign-in form expired or came from another page; please sign in again."
+        return login_form(request, next=target, error=error, status=403)
+    token = form.get("token", "").strip()
     name = await run_in_threadpool(services.auth.admin, token) if token else None
     if name is None:  # device tokens, revoked and unknown tokens alike
         await asyncio.sleep(0.2)  # a little friction for guessing
-        return render("login.html", request, None, status=401, next=target, error="That is not an admin token.")
+        return login_form(request, next=target, error="That is not an admin token.", status=401)
     response = RedirectResponse(target, status_code=303, headers=HEADERS)
-    public = services.settings.public_url or ""
     response.set_cookie(
         COOKIE,
         services.signer.session_cookie(name, ttl=SESSION_SECONDS),
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https" or public.startswith("https://"),
+        secure=_secure(request),
         path="/",
     )
+    response.delete_cookie(LOGIN_COOKIE, path="/login", httponly=True, samesite="strict")
     return response
 
 
 @router.post("/logout")
 async def logout(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is not None and await checked_form(request, session) is None:
         return csrf_refused(request, session)
+    if session is not None:
+        await run_in_threadpool(services_of(request).auth.end_session, session)
     response = RedirectResponse("/login", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
     return response
@@ -179,7 +220,7 @@ def bar_chart(m: ModelFleet) -> dict[str, Any]:
 
 @router.get("/")
 async def fleet_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     overview = await run_in_threadpool(services_of(request).dashboard.fleet)
@@ -192,7 +233,7 @@ async def fleet_page(request: Request) -> Response:
 
 @router.get("/rollouts")
 async def rollouts_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -202,7 +243,7 @@ async def rollouts_page(request: Request) -> Response:
 
 @router.get("/rollouts/{rollout_id}")
 async def rollout_page(request: Request, rollout_id: RolloutId, done: str | None = None) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -268,7 +309,7 @@ async def rollout_action(request: Request, rollout_id: RolloutId, action: str) -
 
 @router.get("/devices")
 async def devices_page(request: Request) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     q = request.query_params
@@ -308,7 +349,7 @@ async def devices_page(request: Request) -> Response:
 
 @router.get("/devices/{device_id}")
 async def device_page(request: Request, device_id: str) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     services = services_of(request)
@@ -324,7 +365,7 @@ async def device_page(request: Request, device_id: str) -> Response:
 
 @router.get("/models")
 async def models_page(request: Request, done: str | None = None) -> Response:
-    session = current_session(request)
+    session = await current_session(request)
     if session is None:
         return to_sign_in(request)
     models = await run_in_threadpool(services_of(request).dashboard.registry)

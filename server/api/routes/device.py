@@ -1,4 +1,4 @@
-"""Device endpoints: enroll, poll for an update, report events.
+"""Device endpoints: enroll, renew the token, poll for an update, report events.
 
 The poll is the hottest path of the server. It authenticates without a database round trip (a
 signed token and the in-memory revocation list), decides between the model's rollout and its
@@ -10,6 +10,8 @@ database and no storage at all.
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
@@ -17,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from ...core.fleet import Enrolled
 from ...core.offers import etag_matches
 from ...core.rollout_offers import choose_offer
 from .. import schemas
@@ -38,15 +41,39 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     responses={403: {"model": schemas.Problem}, 409: {"model": schemas.Problem}},
 )
 def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse:
-    enrolled = services.fleet.enroll(device_id=body.device_id, model=body.model, labels=body.labels)
+    previous = services.signer.read_device_token(body.previous_token) if body.previous_token else None
+    enrolled = services.fleet.enroll(device_id=body.device_id, model=body.model, labels=body.labels, previous=previous)
     device = enrolled.device
     services.metrics.enrollments.inc()
+    services.metrics.device_tokens.labels("re_enrolled" if enrolled.again else "enrolled").inc()
     return schemas.EnrollResponse(
         device_id=device.device_id,
         model=device.model_name,
-        token=enrolled.token,
         poll_interval=services.offers.poll_interval(device.device_id),
+        **_token(enrolled),
     )
+
+
+def _token(issued: Enrolled) -> dict[str, Any]:
+    return {
+        "token": issued.token,
+        "expires_at": datetime.fromtimestamp(issued.expires, UTC),
+        "expires_in": max(0, issued.expires - int(time.time())),
+    }
+
+
+@router.post(
+    "/v1/device/token",
+    response_model=schemas.TokenResponse,
+    summary="Renew the calling device's token before it expires",
+    responses=PROBLEMS,
+)
+def renew_token(device: EnrolledDeviceDep, services: ServicesDep) -> schemas.TokenResponse:
+    """A new token for the same enrollment, signed with the current secret key and expiring
+    `OTA_DEVICE_TOKEN_SECONDS` from now. The old one keeps working until its own expiry."""
+    issued = services.fleet.renew(device)
+    services.metrics.device_tokens.labels("renewed").inc()
+    return schemas.TokenResponse(**_token(issued))
 
 
 def _current_version(request: Request) -> int | None:
