@@ -92,7 +92,7 @@ def test_concurrent_migrate_commands_from_another_directory(empty_db: str, tmp_p
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert "database at revision 0002" in out
+        assert "database at revision 0003" in out
 
 
 def test_serve_migrates_serves_and_accepts_minted_tokens(empty_db: str, tmp_path: Path) -> None:
