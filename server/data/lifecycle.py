@@ -80,18 +80,18 @@ def load_facts(session: Session) -> Facts:
             select(ModelVersion, Model.name)
             .join(Model, Model.id == ModelVersion.model_id)
             .order_by(Model.name, ModelVersion.version)
-        ).tuples()
+        )
     ]
     deltas = [
         DeltaFacts(d.id, d.model_id, d.from_version, d.to_version, d.status, d.sha256, d.length, d.collected_at)
         for d in session.scalars(select(Delta).order_by(Delta.model_id, Delta.to_version, Delta.from_version))
     ]
-    baselines = {mid: b for mid, b in session.execute(select(Model.id, Model.baseline_version)).tuples()}
+    baselines = {mid: b for mid, b in session.execute(select(Model.id, Model.baseline_version))}
     rollouts = {
         mid: (rid, v)
         for mid, rid, v in session.execute(
             select(Rollout.model_id, Rollout.id, Rollout.version).where(Rollout.state.in_(ACTIVE_STATES))
-        ).tuples()
+        )
     }
     return Facts(
         versions=versions,
@@ -108,7 +108,7 @@ def _devices_by(session: Session, column: object) -> dict[tuple[str, int], int]:
         select(Device.model_name, column, func.count())  # type: ignore[call-overload]
         .where(column.isnot(None))  # type: ignore[attr-defined]
         .group_by(Device.model_name, column)
-    ).tuples()
+    )
     return {(model, int(version)): int(n) for model, version, n in rows}
 
 
@@ -162,7 +162,7 @@ def live_blobs(session: Session) -> set[str]:
     out: set[str] = set()
     for payload, onnx in session.execute(
         select(ModelVersion.payload_sha256, ModelVersion.onnx_sha256).where(ModelVersion.collected_at.is_(None))
-    ).tuples():
+    ):
         out.update((payload, onnx))
     out.update(
         sha

@@ -49,7 +49,7 @@ def oldest_events(session: Session, *, limit: int) -> list[OldEvent]:
         )
         .order_by(DeviceEvent.id)
         .limit(limit)
-    ).tuples()
+    )
     return [OldEvent(*row) for row in rows]
 
 
