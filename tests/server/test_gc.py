@@ -211,3 +211,21 @@ def test_gc_refuses_to_run_twice_at_once_and_says_why(
         db.dispose()
     rc, out, _ = run_cli(env, monkeypatch, capsys, "gc")
     assert rc == 0 and "deleted 0 events older than 30 days" in out
+
+
+@pytest.mark.parametrize("env", ["sqlite-s3"], indirect=True)
+def test_republishing_collected_weights_brings_their_blobs_back(
+    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    release(client, env.artifact(1))
+    release(client, env.artifact(2))
+    swept = gc(env, monkeypatch, capsys, "--grace", "0")
+    assert [v["action"] for v in swept["versions"]] == ["collect", "keep"]
+    old = client.get(f"/v1/models/{helpers.MODEL}/versions/1", headers=ADMIN).json()["payload"]["sha256"]
+    assert_problem(client.get(f"/v1/blobs/{old}", headers=ADMIN), 410, "blob-collected")
+    # Rolling back is rolling forward: v3 signs v1's weights again, so its payload has v1's digest.
+    v3 = publish(client, env.artifact(3, onnx_bytes=helpers.tiny_classifier(0, version_tweak=1)))
+    assert v3["payload"]["sha256"] == old
+    assert client.get(f"/v1/blobs/{old}", headers=ADMIN).status_code == 200
+    again = gc(env, monkeypatch, capsys, "--grace", "0")
+    assert again["deleted_blobs"] == 0 and old in stored(env)

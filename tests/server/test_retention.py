@@ -39,8 +39,8 @@ def test_old_events_are_deleted_in_batches_and_their_metrics_summarised(
     release(client, env.artifact(1))
     cam, kiosk = enroll(client, "cam"), enroll(client, "kiosk")
     old_cam = [{"type": "installed", "version": 1}] + [metrics(1, p50, 10 * p50) for p50 in (1, 2, 3, 4, 5)]
-    for body in ([*old_cam, {"type": "checking"}], [metrics(1, 7, 4)] * 3):
-        r = client.post("/v1/device/events", json=body, headers=bearer(cam if body[0]["type"] == "installed" else kiosk))
+    for token, body in ((cam, [*old_cam, {"type": "checking"}]), (kiosk, [metrics(1, 7, 4)] * 3)):
+        r = client.post("/v1/device/events", json=body, headers=bearer(token))
         assert r.status_code == 200, r.text
     old = age_every_event(env, days=40)
     assert old == 10
