@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +84,14 @@ class Maintenance:
                 leases.release(session, name=LEASE, holder=self.holder)
                 session.commit()
 
+    def pace(self, began: float) -> None:
+        """After a batch that began at `began` (``time.monotonic()``): on SQLite, leave its single write
+        lock free for as long as the batch held it (at most 1 s), so that devices' writes — which wait
+        for it at most the busy timeout — are not starved by batches that follow each other at once.
+        PostgreSQL locks rows: its writers never wait for these batches."""
+        if self.db.dialect == "sqlite":
+            time.sleep(min(1.0, time.monotonic() - began))
+
     def renew(self, session: Session) -> None:
         """Renew the lease as the transaction's first write (on SQLite this takes the write lock)."""
         now = utcnow()
@@ -132,6 +141,7 @@ class StorageGC:
         total = len(plan.blobs)
         for start in range(0, total, BLOB_BATCH):
             batch = plan.blobs[start : start + BLOB_BATCH]
+            began = time.monotonic()
             with self.db.session() as session:
                 self.maintenance.renew(session)
                 data.lock_blobs(session, exclusive=True)
@@ -145,6 +155,7 @@ class StorageGC:
                         deleted_bytes += blob.size
                 session.commit()
             progress(f"deleted {deleted}/{total} blobs ({size_text(deleted_bytes)})")
+            self.maintenance.pace(began)
         log.info(
             "gc collected %d versions, %d deltas, deleted %d blobs (%d bytes)",
             len(plan.collect),

@@ -7,6 +7,9 @@ metrics the events carried: each batch folds its ``metrics`` events into
 and confidence, first and last time) *in the same transaction* that deletes them, so a crash
 neither loses nor double-counts a window.
 
+On SQLite, whose one write lock every device's event report needs too, each batch is followed by
+a pause as long as the batch (:meth:`Maintenance.pace`), so reports wait at most one batch.
+
 Batches walk the primary key from the oldest event (no index on time, no scan): each takes the
 lowest ``batch`` ids and deletes the leading run older than the cutoff; the first event inside the
 retention period ends the run. Ids grow with arrival, so that run is exactly the old events, give
@@ -15,6 +18,7 @@ or take events that several processes inserted within the same instant.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,7 +28,7 @@ from ..data.retention import SummaryAdd
 from ..db.session import Database, utcnow
 from .gc import Maintenance
 
-EVENT_BATCH = 2000
+EVENT_BATCH = 500
 _METRIC_KEYS = ("p50_ms", "p95_ms", "mean_confidence")
 
 
@@ -34,6 +38,8 @@ class RetentionResult:
     deleted: int
     summarised: int  # metrics events folded into summaries
     remaining: int  # events left in the table
+    batches: int = 0
+    longest_batch: float = 0.0  # seconds: the longest transaction
 
 
 class EventRetention:
@@ -54,8 +60,10 @@ class EventRetention:
     def prune(self, now: datetime | None = None, progress: Callable[[str], None] = lambda _: None) -> RetentionResult:
         """Delete events older than the retention period (the caller holds the lease)."""
         cutoff = self.cutoff(now)
-        deleted = summarised = 0
+        deleted = summarised = batches = 0
+        longest = 0.0
         while True:
+            began = time.monotonic()
             with self.db.session() as session:
                 self.maintenance.renew(session)
                 batch = data.oldest_events(session, limit=self.batch)
@@ -71,13 +79,16 @@ class EventRetention:
                 data.add_summaries(session, adds=adds)
                 deleted += data.delete_events(session, ids=[e.id for e in old])
                 session.commit()
+            batches += 1
+            longest = max(longest, time.monotonic() - began)
             if old:
                 progress(f"deleted {deleted} events older than {cutoff:%Y-%m-%d %H:%M} UTC")
             if len(old) < len(batch) or len(batch) < self.batch:
                 break
+            self.maintenance.pace(began)
         with self.db.session() as session:
             remaining = data.count_events(session)
-        return RetentionResult(cutoff, deleted, summarised, remaining)
+        return RetentionResult(cutoff, deleted, summarised, remaining, batches, longest)
 
 
 def fold(adds: dict[tuple[int, int], SummaryAdd], event: data.OldEvent) -> bool:

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from ..db.models import DeviceEvent, DeviceMetricSummary
+from ._upsert import insert_or_fold
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,45 +76,32 @@ def count_events(session: Session) -> int:
 
 
 def add_summaries(session: Session, *, adds: Mapping[tuple[int, int], SummaryAdd]) -> None:
-    """Fold a batch's sums into the (device, version) rows, creating missing ones (only the GC writes these)."""
-    if not adds:
-        return
-    keys = list(adds)
-    existing = {
-        (s.device_pk, s.version): s
-        for i in range(0, len(keys), 500)
-        for s in session.scalars(
-            select(DeviceMetricSummary).where(
-                tuple_(DeviceMetricSummary.device_pk, DeviceMetricSummary.version).in_(keys[i : i + 500])
-            )
-        )
-    }
-    for key, add in adds.items():
+    """Fold a batch's sums into the (device, version) rows, creating missing ones (one statement per 500)."""
+    rows = []
+    for (device_pk, version), add in sorted(adds.items()):
         assert add.first_at is not None and add.last_at is not None
-        row = existing.get(key)
-        if row is None:
-            session.add(
-                DeviceMetricSummary(
-                    device_pk=key[0],
-                    version=key[1],
-                    windows=add.windows,
-                    requests=add.requests,
-                    p50_sum=add.p50_sum,
-                    p95_sum=add.p95_sum,
-                    confidence_sum=add.confidence_sum,
-                    first_at=add.first_at,
-                    last_at=add.last_at,
-                )
-            )
-            continue
-        row.windows += add.windows
-        row.requests += add.requests
-        row.p50_sum += add.p50_sum
-        row.p95_sum += add.p95_sum
-        row.confidence_sum += add.confidence_sum
-        row.first_at = min(row.first_at, add.first_at)
-        row.last_at = max(row.last_at, add.last_at)
-    session.flush()
+        rows.append(
+            {
+                "device_pk": device_pk,
+                "version": version,
+                "windows": add.windows,
+                "requests": add.requests,
+                "p50_sum": add.p50_sum,
+                "p95_sum": add.p95_sum,
+                "confidence_sum": add.confidence_sum,
+                "first_at": add.first_at,
+                "last_at": add.last_at,
+            }
+        )
+    insert_or_fold(
+        session,
+        DeviceMetricSummary.__table__,  # type: ignore[arg-type]
+        rows,
+        key=("device_pk", "version"),
+        add=("windows", "requests", "p50_sum", "p95_sum", "confidence_sum"),
+        least=("first_at",),
+        greatest=("last_at",),
+    )
 
 
 def summaries_of(session: Session, *, device_pk: int) -> list[DeviceMetricSummary]:
