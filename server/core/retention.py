@@ -18,6 +18,7 @@ or take events that several processes inserted within the same instant.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ class RetentionResult:
     remaining: int  # events left in the table
     batches: int = 0
     longest_batch: float = 0.0  # seconds: the longest transaction
+    median_batch: float = 0.0  # seconds
 
 
 class EventRetention:
@@ -60,8 +62,8 @@ class EventRetention:
     def prune(self, now: datetime | None = None, progress: Callable[[str], None] = lambda _: None) -> RetentionResult:
         """Delete events older than the retention period (the caller holds the lease)."""
         cutoff = self.cutoff(now)
-        deleted = summarised = batches = 0
-        longest = 0.0
+        deleted = summarised = 0
+        durations: list[float] = []
         while True:
             began = time.monotonic()
             with self.db.session() as session:
@@ -79,8 +81,7 @@ class EventRetention:
                 data.add_summaries(session, adds=adds)
                 deleted += data.delete_events(session, ids=[e.id for e in old])
                 session.commit()
-            batches += 1
-            longest = max(longest, time.monotonic() - began)
+            durations.append(time.monotonic() - began)
             if old:
                 progress(f"deleted {deleted} events older than {cutoff:%Y-%m-%d %H:%M} UTC")
             if len(old) < len(batch) or len(batch) < self.batch:
@@ -88,7 +89,9 @@ class EventRetention:
             self.maintenance.pace(began)
         with self.db.session() as session:
             remaining = data.count_events(session)
-        return RetentionResult(cutoff, deleted, summarised, remaining, batches, longest)
+        return RetentionResult(
+            cutoff, deleted, summarised, remaining, len(durations), max(durations), statistics.median(durations)
+        )
 
 
 def fold(adds: dict[tuple[int, int], SummaryAdd], event: data.OldEvent) -> bool:

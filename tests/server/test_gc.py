@@ -24,7 +24,7 @@ from server.storage import open_storage
 from tests.support import wait_for
 
 from . import helpers
-from .conftest import ADMIN, Env, assert_problem, bearer, download, enroll, publish, release
+from .conftest import ADMIN, Env, assert_problem, bearer, closed_port, download, enroll, publish, release
 
 PAIRS = [(1, 2), (1, 3), (2, 3), (1, 4), (2, 4), (3, 4), (3, 5), (4, 5), (4, 6), (5, 6), (1, 6), (3, 6)]
 
@@ -48,9 +48,9 @@ def gc(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[
 
 
 def run_cli(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str, **overrides: Any
 ) -> tuple[int, str, str]:
-    for name, value in env.base.items():
+    for name, value in {**env.base, **overrides}.items():
         if value is not None:
             text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
             monkeypatch.setenv(f"OTA_{name.upper()}", text)
@@ -229,3 +229,18 @@ def test_republishing_collected_weights_brings_their_blobs_back(
     assert client.get(f"/v1/blobs/{old}", headers=ADMIN).status_code == 200
     again = gc(env, monkeypatch, capsys, "--grace", "0")
     assert again["deleted_blobs"] == 0 and old in stored(env)
+
+
+@pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
+def test_gc_with_unreachable_storage_is_one_line_and_exit_3(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with closed_port() as port:
+        for args in (("gc", "--dry-run"), ("gc",)):
+            rc, out, err = run_cli(
+                env, monkeypatch, capsys, *args, storage_url="s3://gone/x", s3_endpoint_url=f"http://127.0.0.1:{port}"
+            )
+            assert (rc, out) == (3, "")
+            assert err == "ota-server: error: object storage failed to list blobs (EndpointConnectionError)\n"
