@@ -45,6 +45,7 @@ bench: venv bench-deps
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.upload_memory
 	$(BIN)/python -m bench.rollouts
+	$(BIN)/python -m bench.retention
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache ota-data demo-data

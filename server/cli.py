@@ -1,4 +1,4 @@
-"""`ota-server`: migrate the database, serve the API, mint admin tokens.
+"""`ota-server`: migrate the database, serve the API, mint admin tokens, collect garbage.
 
 Every command reads its configuration from the `OTA_*` environment (see :mod:`server.config`) and
 works from any working directory. `serve` applies migrations before it listens.
@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings, load_settings
-from .errors import ConfigurationError, DatabaseUnavailableError
+from .errors import ConfigurationError, DatabaseUnavailableError, MaintenanceBusyError, StorageUnavailableError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from .core.lifecycle import Plan
 
 
 def _freeze_heap() -> None:
@@ -126,6 +129,148 @@ def _list_tokens(settings: Settings, _args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_doc(plan: Plan) -> dict[str, Any]:
+    versions = [
+        {
+            "model": v.facts.model,
+            "version": v.facts.version,
+            "action": "keep" if v.needed_by else ("collect" if v.due else "wait"),
+            "why": v.why,
+            **({} if v.needed_by or v.due else {"collectable_at": plan.due_at(v).isoformat()}),
+        }
+        for v in plan.versions
+    ]
+    deltas = [
+        {
+            "model_id": d.facts.model_id,
+            "from_version": d.facts.from_version,
+            "to_version": d.facts.to_version,
+            "why": d.why,
+        }
+        for d in plan.deltas
+    ]
+    blobs = [{"sha256": b.sha256, "size": b.size, "why": b.why} for b in plan.blobs]
+    return {
+        "stored": {"blobs": plan.stored_blobs, "bytes": plan.stored_bytes},
+        "versions": versions,
+        "deltas": deltas,
+        "blobs": blobs,
+        "bytes": plan.blob_bytes,
+    }
+
+
+def _print_plan(plan: Plan, *, dry_run: bool) -> None:
+    from .core.gc import size_text
+
+    for v in plan.versions:
+        name = f"{v.facts.model} v{v.facts.version}"
+        if v.needed_by:
+            print(f"keep     {name:<20} {v.why}")
+        elif v.due:
+            print(
+                f"{'collect' if dry_run else 'collected':<8} {name:<20} {v.why}; no device runs it, nothing offers it"
+            )
+        else:
+            print(f"wait     {name:<20} {v.why}; collectable after {plan.due_at(v):%Y-%m-%d %H:%M} UTC")
+    for d in plan.deltas:
+        print(
+            f"{'collect' if dry_run else 'collected':<8} delta {d.facts.from_version}→{d.facts.to_version:<13} {d.why}"
+        )
+    for b in plan.blobs:
+        print(f"{'delete' if dry_run else 'deleted':<8} blob {b.sha256[:16]}… {size_text(b.size):>9}  {b.why}")
+
+
+def _gc(settings: Settings, args: argparse.Namespace) -> int:
+    from .core.gc import Maintenance, StorageGC, size_text
+    from .core.retention import EventRetention
+    from .db.migrate import upgrade
+    from .db.session import Database
+    from .storage import open_storage
+
+    def progress(line: str) -> None:
+        print(f"gc: {line}", file=sys.stderr, flush=True)
+
+    upgrade(settings.database_url)
+    db = Database(settings.database_url, pool_size=1)
+    storage = open_storage(settings)
+    try:
+        maintenance = Maintenance(db)
+        collector = StorageGC(db, storage, maintenance, grace_seconds=args.grace)
+        retention = EventRetention(db, maintenance, days=args.retention_days)
+        if args.dry_run:
+            plan = collector.plan()
+            due = retention.count_due()
+            if args.json:
+                doc = {
+                    "dry_run": True,
+                    **_plan_doc(plan),
+                    "events": {"older_than": retention.cutoff().isoformat(), "count": due},
+                }
+                print(json.dumps(doc, indent=2))
+                return 0
+            _print_plan(plan, dry_run=True)
+            print(
+                f"would collect {len(plan.collect)} versions and {len(plan.deltas)} deltas, deleting "
+                f"{len(plan.blobs)} of {plan.stored_blobs} blobs ({size_text(plan.blob_bytes)} of "
+                f"{size_text(plan.stored_bytes)}); {len(plan.pending)} versions wait out the grace period"
+            )
+            print(f"would delete {due} events older than {args.retention_days} days (their metrics kept as summaries)")
+            return 0
+        with maintenance.lease():
+            swept = collector.sweep(progress)
+            kept = retention.prune(progress=progress)
+        plan = swept.plan
+        if args.json:
+            doc = {
+                "dry_run": False,
+                **_plan_doc(plan),
+                "deleted_blobs": swept.deleted,
+                "deleted_bytes": swept.deleted_bytes,
+                "kept_blobs_named_since": swept.skipped,
+                "events": {
+                    "older_than": kept.cutoff.isoformat(),
+                    "deleted": kept.deleted,
+                    "summarised": kept.summarised,
+                    "remaining": kept.remaining,
+                },
+            }
+            print(json.dumps(doc, indent=2))
+            return 0
+        _print_plan(plan, dry_run=False)
+        print(
+            f"collected {len(plan.collect)} versions and {len(plan.deltas)} deltas; deleted {swept.deleted} "
+            f"blobs ({size_text(swept.deleted_bytes)}); {len(plan.pending)} versions wait out the grace period"
+        )
+        print(
+            f"deleted {kept.deleted} events older than {args.retention_days} days ({kept.summarised} metrics "
+            f"windows kept as summaries); {kept.remaining} events remain"
+        )
+        return 0
+    except MaintenanceBusyError as e:
+        print(f"ota-server: error: {e}", file=sys.stderr)
+        return 4
+    except StorageUnavailableError as e:
+        print(f"ota-server: error: {e.detail}", file=sys.stderr)
+        return 3
+    finally:
+        storage.close()
+        db.dispose()
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="ota-server", description="OTA model update server (configured by OTA_* variables)."
@@ -149,9 +294,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("list-tokens", help="list admin tokens (names and dates; never the tokens)").set_defaults(
         run=_list_tokens
     )
+    collect = sub.add_parser(
+        "gc",
+        help="delete the blobs of revoked or superseded versions nothing uses, and events past retention",
+        description="Collect unused blobs (after a grace period) and delete old device events, keeping metric "
+        "summaries. Run it with --dry-run first: it lists what would go and why, and writes nothing.",
+    )
+    collect.add_argument("--dry-run", action="store_true", help="list what would be collected; change nothing")
+    collect.add_argument("--json", action="store_true", help="print the result as JSON")
+    collect.add_argument(
+        "--grace", type=_non_negative, default=None, metavar="SECONDS", help="default: OTA_GC_GRACE_SECONDS (86400)"
+    )
+    collect.add_argument(
+        "--retention-days", type=_positive, default=None, metavar="DAYS", help="default: OTA_EVENT_RETENTION_DAYS (30)"
+    )
+    collect.set_defaults(run=_gc)
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "gc":
+            args.grace = settings.gc_grace_seconds if args.grace is None else args.grace
+            args.retention_days = settings.event_retention_days if args.retention_days is None else args.retention_days
         result: int = args.run(settings, args)
         return result
     except ConfigurationError as e:

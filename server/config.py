@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     seen_flush_seconds: float = Field(5.0, gt=0, le=300, description="also how often rollout offers are written")
     rollout_eval_seconds: float = Field(5.0, gt=0, le=3600, description="how often each process judges active rollouts")
     retry_after: int = Field(5, ge=1)
+    gc_grace_seconds: int = Field(
+        86400, ge=0, description="how long a version stays collectable before `ota-server gc` deletes its blobs"
+    )
+    event_retention_days: int = Field(30, ge=1, le=36500, description="device events older than this are deleted")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("publisher_keys", mode="before")

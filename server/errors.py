@@ -34,6 +34,7 @@ down and the same request may succeed later (the response carries ``Retry-After`
     │   │   ├── VersionNotAboveBaselineError   a rollout must move the model forward
     │   │   ├── RolloutTransitionError      pause/resume/abort/advance not possible in this state
     │   │   └── TrustConflictError          a trust document that rolls back, forks or skips a version
+    │   ├── BlobCollectedError          410 the blob of a revoked or superseded version was collected by the GC
     │   ├── PayloadTooLargeError        413 body over the configured limit (refused before read whole)
     │   ├── RangeNotSatisfiableError    416 Range starts past the end of the blob
     │   ├── InvalidArtifactError        422 the artifact fails the door or the ONNX checks
@@ -44,6 +45,7 @@ down and the same request may succeed later (the response carries ``Retry-After`
 
     ConstraintViolationError                not HTTP: a write broke a unique constraint; core decides what it means
     ConfigurationError                      not HTTP: the server cannot start with these settings
+    MaintenanceBusyError                    not HTTP: another process holds the `ota-server gc` lease
 """
 
 from __future__ import annotations
@@ -176,6 +178,14 @@ class RolloutTransitionError(ConflictError):
     title = "The rollout cannot do that in its current state"
 
 
+class BlobCollectedError(ClientError):
+    """The blob existed, but the storage GC deleted it: its version was revoked or superseded and unused."""
+
+    status = 410
+    slug = "blob-collected"
+    title = "Blob collected"
+
+
 class PayloadTooLargeError(ClientError):
     status = 413
     slug = "payload-too-large"
@@ -255,3 +265,7 @@ class ConstraintViolationError(Exception):
 
 class ConfigurationError(Exception):
     """The server cannot start with these settings (not an HTTP error: raised before serving)."""
+
+
+class MaintenanceBusyError(Exception):
+    """Another process holds the maintenance lease (one `ota-server gc` at a time)."""

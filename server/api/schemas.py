@@ -160,6 +160,9 @@ class VersionSummary(BaseModel):
     revoked: bool
     revoked_at: datetime | None
     revoked_reason: str | None
+    collected_at: datetime | None = Field(
+        None, description="when the storage GC deleted its blobs (revoked or superseded, unused); the row stays"
+    )
 
 
 class VersionDetail(VersionSummary):
@@ -335,9 +338,28 @@ class EventOut(BaseModel):
     received_at: datetime
 
 
+class MetricSummaryOut(BaseModel):
+    """The metrics events of one version that event retention deleted, summed (request-weighted means)."""
+
+    version: int
+    windows: int = Field(description="metrics events folded in")
+    requests: int
+    p50_ms: float | None
+    p95_ms: float | None
+    mean_confidence: float | None
+    first_at: datetime
+    last_at: datetime
+
+
 class DeviceDetail(DeviceOut):
     last_metrics: dict[str, Any] | None
     recent_events: list[EventOut]
+    previous_version: int | None = Field(
+        None, description="what it ran before its installed version (its other slot, as far as the server knows)"
+    )
+    metric_history: list[MetricSummaryOut] = Field(
+        default_factory=list, description="summaries of metrics events older than OTA_EVENT_RETENTION_DAYS"
+    )
 
 
 class DevicePage(BaseModel):

@@ -60,6 +60,7 @@ class DeltaState:
 
 
 UNKNOWN_BASE = DeltaState(status="unknown-base")  # the device reports a version this model never had
+COLLECTED = DeltaState(status=delta_data.COLLECTED)  # a version of the pair was collected by the storage GC
 
 
 class DeltaService:
@@ -149,6 +150,8 @@ class DeltaService:
             new = registry_data.get_version(session, model_id=model_id, version=to_version)
             if old is None or new is None or from_version >= to_version:
                 return UNKNOWN_BASE, 0.0
+            if old.collected_at is not None or new.collected_at is not None:  # its blobs are gone (storage GC)
+                return COLLECTED, 0.0
             claimed = delta_data.claim_delta(
                 session,
                 model_id=model_id,

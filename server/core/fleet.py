@@ -19,12 +19,13 @@ import binascii
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from ..data import devices as device_data
-from ..db.models import Device, DeviceEvent
+from ..data import retention as retention_data
+from ..db.models import Device, DeviceEvent, DeviceMetricSummary
 from ..db.session import Database, Session, utcnow
 from ..errors import (
     AuthenticationError,
@@ -65,11 +66,13 @@ class Enrolled:
 
 @dataclass(frozen=True)
 class DeviceRecord:
-    """One device as an admin reads it: the row, its labels, its latest events (newest first)."""
+    """One device as an admin reads it: the row, its labels, its latest events (newest first), and the
+    metric summaries event retention kept of its older events (per version)."""
 
     device: Device
     labels: dict[str, str]
     events: list[DeviceEvent]
+    summaries: list[DeviceMetricSummary] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -183,7 +186,8 @@ class Fleet:
             device = _device(session, device_id)
             labels = device_data.labels_of(session, pks=[device.id])[device.id]
             events = device_data.recent_events(session, device_pk=device.id)
-        return DeviceRecord(device, labels, events)
+            summaries = retention_data.summaries_of(session, device_pk=device.id)
+        return DeviceRecord(device, labels, events, summaries)
 
     def delete_device(self, device_id: str) -> None:
         """Delete the device and revoke its token (committed); :class:`DeviceNotFoundError` if there is none."""
@@ -254,11 +258,18 @@ def apply_events(session: Session, *, device: Device, events: Sequence[EventRepo
             device.status_reason = e.reason
             device.status_at = now
             if e.type == "installed":
-                device.installed_version = e.version
+                _runs(device, e.version)
         if e.installed_version is not None:
-            device.installed_version = e.installed_version
+            _runs(device, e.installed_version)
     device.last_seen_at = now
     device_data.add_events(session, device_pk=device.id, events=rows)
+
+
+def _runs(device: Device, version: int | None) -> None:
+    """The device now runs `version`; what it ran before stays in its other slot (the storage GC keeps it)."""
+    if version is not None and device.installed_version is not None and version != device.installed_version:
+        device.previous_version = device.installed_version
+    device.installed_version = version
 
 
 def encode_cursor(after: int) -> str:

@@ -11,7 +11,9 @@ so a junk signature on a 250 MiB file costs a few kilobytes. The payload's lengt
 signed one, and the signed ONNX length at most ``OTA_MAX_MODEL_BYTES``; only then is the payload
 streamed through the length/sha256 check, and decoded with that bound. Blobs are
 written before the database row, so a committed version always has its blobs; a failure between
-the two leaves only unreferenced, content-addressed blobs behind.
+the two leaves only unreferenced, content-addressed blobs behind. The storage GC may delete a blob
+with the same bytes (an older, collected version's) between the two: so the row is inserted under
+the blob lock, held shared, after writing any blob found missing again (:mod:`server.core.gc`).
 
 Re-uploading the very same file is idempotent (200); the same version with other bytes, or a
 version not above the latest (revoked ones count), is a conflict (409). The version check runs
@@ -28,6 +30,7 @@ from typing import BinaryIO
 
 import artifact as A
 
+from ..data import lifecycle as lifecycle_data
 from ..data import registry as registry_data
 from ..db.models import ModelVersion
 from ..db.session import Database, utcnow
@@ -134,6 +137,9 @@ class Publisher:
                 latest_now = registry_data.latest_version_number(session, model_id=model_row.id)
                 lost_race = latest_now is not None and latest_now >= manifest.version
                 if not lost_race:
+                    lifecycle_data.lock_blobs(session, exclusive=False)
+                    self.storage.put(payload.data)  # a no-op unless the GC deleted the same bytes meanwhile
+                    self.storage.put(onnx)
                     heads = registry_data.offered_heads(session)
                     previous = heads[model].version if model in heads else None
                     row.model_id = model_row.id

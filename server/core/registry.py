@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import delta_rows as delta_data
+from ..data import lifecycle as lifecycle_data
 from ..data import registry as registry_data
 from ..data.registry import ModelSummary
 from ..db.models import Delta, Model, ModelVersion
 from ..db.session import Database, Session
-from ..errors import ModelNotFoundError, VersionNotFoundError
+from ..errors import BlobCollectedError, BlobNotFoundError, ModelNotFoundError, VersionNotFoundError
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,17 @@ class Registry:
         """Whether `sha256` is the payload, ONNX or a delta of a version of `model` (a device's blob scope)."""
         with self.db.session() as session:
             return registry_data.model_has_blob(session, model=model, sha256=sha256)
+
+    def missing_blob(self, sha256: str, cause: BlobNotFoundError) -> BlobNotFoundError | BlobCollectedError:
+        """What to answer for a blob storage does not have: 410 if the storage GC collected it, else the 404."""
+        with self.db.session() as session:
+            gone = lifecycle_data.collected_blob(session, sha256=sha256)
+        if gone is None:
+            return cause
+        return BlobCollectedError(
+            f"blob {sha256} ({gone.what}) was deleted by the storage GC on {gone.collected_at:%Y-%m-%d %H:%M} UTC: "
+            "that version is revoked or superseded and no device uses it; poll for a current update"
+        )
 
     def revoke(self, model: str, version: int, *, reason: str | None) -> ModelVersion:
         """Mark the version revoked (committed; revoking again keeps the first reason)."""

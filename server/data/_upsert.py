@@ -1,10 +1,11 @@
-"""`INSERT … ON CONFLICT DO NOTHING` for both databases (the one dialect switch the data layer needs)."""
+"""Upserts for both databases (`ON CONFLICT DO NOTHING | DO UPDATE`): the one dialect switch the data layer needs."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, func
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,3 +41,27 @@ def insert_or_add(session: Session, table: Table, key: dict[str, Any], adds: dic
         index_elements=list(key), set_={name: table.c[name] + stmt.excluded[name] for name in adds}
     )
     session.execute(stmt)
+
+
+def insert_or_fold(
+    session: Session,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    key: Sequence[str],
+    add: Sequence[str] = (),
+    least: Sequence[str] = (),
+    greatest: Sequence[str] = (),
+) -> None:
+    """Insert rows, or fold each into its existing row: columns in `add` summed, `least`/`greatest` kept
+    at the minimum/maximum (one cached statement, executed for many rows; both databases)."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    lo, hi = (func.least, func.greatest) if dialect == "postgresql" else (func.min, func.max)
+    stmt = module.insert(table)
+    set_ = {name: table.c[name] + stmt.excluded[name] for name in add}
+    set_ |= {name: lo(table.c[name], stmt.excluded[name]) for name in least}
+    set_ |= {name: hi(table.c[name], stmt.excluded[name]) for name in greatest}
+    session.execute(stmt.on_conflict_do_update(index_elements=list(key), set_=set_), rows)

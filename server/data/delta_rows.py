@@ -16,8 +16,8 @@ from ..db.models import Delta
 from ..db.session import utcnow
 from ._upsert import insert_ignore
 
-PENDING, READY, OVERSIZE, FAILED = "pending", "ready", "oversize", "failed"
-FINAL = frozenset({READY, OVERSIZE, FAILED})
+PENDING, READY, OVERSIZE, FAILED, COLLECTED = "pending", "ready", "oversize", "failed", "collected"
+FINAL = frozenset({READY, OVERSIZE, FAILED, COLLECTED})  # collected: the storage GC deleted its blob
 
 
 def get_delta(session: Session, *, model_id: int, from_version: int, to_version: int) -> Delta | None:

@@ -118,9 +118,13 @@ def offered_heads(session: Session) -> dict[str, Head]:
 
 
 def published_versions(session: Session) -> dict[int, frozenset[int]]:
-    """Every model's published version numbers (revoked ones included): the delta bases that exist."""
+    """Every model's published version numbers (revoked ones included, collected ones not): the delta
+    bases that exist."""
     out: dict[int, set[int]] = {}
-    for model_id, version in session.execute(select(ModelVersion.model_id, ModelVersion.version)):
+    rows = session.execute(
+        select(ModelVersion.model_id, ModelVersion.version).where(ModelVersion.collected_at.is_(None))
+    )
+    for model_id, version in rows:
         out.setdefault(model_id, set()).add(version)
     return {model_id: frozenset(versions) for model_id, versions in out.items()}
 

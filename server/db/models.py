@@ -21,6 +21,8 @@ What each table is for:
   agents' ``metrics`` events per version (the gates read these, never the event log).
 - ``trust_documents``: the root and keys documents of the root of trust (:mod:`artifact.trust`),
   stored verbatim (canonical bytes), one row per (kind, version); devices fetch the chain.
+- ``device_metric_summaries``: what event retention keeps of the metrics events it deletes;
+  ``maintenance_leases``: one ``ota-server gc`` at a time (see :mod:`server.core.gc`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class ModelVersion(Base):
     published_by: Mapped[str] = mapped_column(String(64))
     revoked_at: Mapped[datetime | None] = mapped_column()
     revoked_reason: Mapped[str | None] = mapped_column(String(500))
+    unneeded_since: Mapped[datetime | None] = mapped_column(
+        doc="when the storage GC first found it collectable (revoked or superseded, unused); cleared if needed again"
+    )
+    collected_at: Mapped[datetime | None] = mapped_column(doc="when the storage GC deleted its blobs (the row stays)")
 
     model: Mapped[Model] = relationship(back_populates="versions", lazy="raise")
 
@@ -117,6 +123,9 @@ class Device(Base):
     enrolled_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime | None] = mapped_column()
     installed_version: Mapped[int | None] = mapped_column(Integer)
+    previous_version: Mapped[int | None] = mapped_column(
+        Integer, doc="what it ran before its installed version: the model in its other slot, as far as the server knows"
+    )
     status: Mapped[str] = mapped_column(String(16), default="enrolled")
     status_reason: Mapped[str | None] = mapped_column(String(500))
     status_at: Mapped[datetime | None] = mapped_column()
@@ -185,13 +194,14 @@ class Delta(Base):
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
     from_version: Mapped[int] = mapped_column(Integer)
     to_version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), doc="pending | ready | oversize | failed")
+    status: Mapped[str] = mapped_column(String(16), doc="pending | ready | oversize | failed | collected")
     sha256: Mapped[str | None] = mapped_column(String(64))
     length: Mapped[int | None] = mapped_column(BigInteger)
     claimed_by: Mapped[str] = mapped_column(String(64))
     claimed_at: Mapped[datetime] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
     error: Mapped[str | None] = mapped_column(String(500))
+    collected_at: Mapped[datetime | None] = mapped_column(doc="when the storage GC deleted its blob (status collected)")
 
 
 # The states in which a rollout holds its model (at most one per model: the partial unique index).
@@ -269,3 +279,29 @@ class TrustDocument(Base):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     uploaded_at: Mapped[datetime] = mapped_column(default=utcnow)
     uploaded_by: Mapped[str] = mapped_column(String(64))
+
+
+class DeviceMetricSummary(Base):
+    """What event retention keeps of the ``metrics`` events it deletes: running sums per device and version."""
+
+    __tablename__ = "device_metric_summaries"
+
+    device_pk: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, doc="the version the metrics were measured on")
+    windows: Mapped[int] = mapped_column(BigInteger, default=0, doc="metrics events folded in")
+    requests: Mapped[int] = mapped_column(BigInteger, default=0, doc="inference requests over those windows")
+    p50_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of p50_ms × requests")
+    p95_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of p95_ms × requests")
+    confidence_sum: Mapped[float] = mapped_column(Float, default=0.0, doc="sum of mean_confidence × requests")
+    first_at: Mapped[datetime] = mapped_column(doc="received time of the oldest event folded in")
+    last_at: Mapped[datetime] = mapped_column(doc="received time of the newest event folded in")
+
+
+class MaintenanceLease(Base):
+    """Who runs a maintenance job (``gc``) now: one holder at a time, until ``expires_at`` unless renewed."""
+
+    __tablename__ = "maintenance_leases"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column()

@@ -7,11 +7,11 @@ from urllib.parse import unquote, urlsplit
 
 from ..config import Settings
 from ..errors import ConfigurationError
-from .base import Storage, is_sha256, sha256_of
+from .base import BlobInfo, Storage, is_sha256, sha256_of
 from .file import FileStorage
 from .s3 import S3Storage
 
-__all__ = ["FileStorage", "S3Storage", "Storage", "is_sha256", "open_storage", "sha256_of"]
+__all__ = ["BlobInfo", "FileStorage", "S3Storage", "Storage", "is_sha256", "open_storage", "sha256_of"]
 
 
 def open_storage(settings: Settings) -> Storage:

@@ -12,6 +12,8 @@ import abc
 import hashlib
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 
 import artifact as A
 
@@ -27,6 +29,15 @@ def is_sha256(text: str) -> bool:
 
 def sha256_of(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """One stored blob as a listing sees it (the storage GC's inventory)."""
+
+    sha256: str
+    size: int
+    modified: datetime  # UTC; when it was written
 
 
 class Storage(abc.ABC):
@@ -57,6 +68,14 @@ class Storage(abc.ABC):
         except BlobNotFoundError:
             return False
         return True
+
+    @abc.abstractmethod
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        """Every stored blob, in no particular order (temporary files and foreign names are skipped)."""
+
+    @abc.abstractmethod
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob; True if it was there. Only the storage GC calls this (see :mod:`server.core.gc`)."""
 
     @abc.abstractmethod
     def url_for(self, sha256: str) -> str:

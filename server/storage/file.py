@@ -13,13 +13,14 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
 from artifact import write_atomic
 
 from ..errors import BlobNotFoundError, StorageUnavailableError
-from .base import CHUNK, Storage, is_sha256, sha256_of
+from .base import CHUNK, BlobInfo, Storage, is_sha256, sha256_of
 from .leftovers import is_leftover
 
 log = logging.getLogger("ota.storage")
@@ -81,6 +82,29 @@ class FileStorage(Storage):
                     yield chunk
             except OSError as e:
                 raise StorageUnavailableError(f"cannot read blob {sha256[:12]}…: {e.strerror or e}") from e
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        try:
+            for path in self.root.glob("??/*"):
+                if not is_sha256(path.name) or path.name[:2] != path.parent.name:
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # deleted since the directory was read
+                    continue
+                yield BlobInfo(path.name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+        except OSError as e:
+            raise StorageUnavailableError(f"cannot list blobs: {e.strerror or e}") from e
+
+    def delete(self, sha256: str) -> bool:
+        path = self._path(sha256)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StorageUnavailableError(f"cannot delete blob {sha256[:12]}…: {e.strerror or e}") from e
+        return True
 
     def url_for(self, sha256: str) -> str:
         return f"/v1/blobs/{sha256}"

@@ -22,7 +22,7 @@ from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from ..errors import BlobNotFoundError, StorageUnavailableError
-from .base import CHUNK, Storage, is_sha256, sha256_of
+from .base import CHUNK, BlobInfo, Storage, is_sha256, sha256_of
 
 log = logging.getLogger("ota.storage")
 # One botocore session per process: it caches the parsed service models, which makes every client
@@ -159,6 +159,28 @@ class S3Storage(Storage):
             raise self._unavailable("stream a blob", e) from e
         finally:
             body.close()
+
+    def list_blobs(self) -> Iterator[BlobInfo]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    fan, _, name = str(obj["Key"])[len(prefix) :].partition("/")
+                    if is_sha256(name) and fan == name[:2]:
+                        yield BlobInfo(name, int(obj["Size"]), obj["LastModified"])
+        except (BotoCoreError, ClientError) as e:
+            raise self._unavailable("list blobs", e) from e
+
+    def delete(self, sha256: str) -> bool:
+        present = self.exists(sha256)
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=self.key(sha256))
+        except (BotoCoreError, ClientError) as e:
+            raise self._unavailable("delete a blob", e) from e
+        with self._urls_lock:
+            self._urls.pop(sha256, None)
+        return present
 
     def url_for(self, sha256: str) -> str:
         now = time.monotonic()

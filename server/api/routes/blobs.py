@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ...core.offers import etag_matches
+from ...errors import BlobNotFoundError
 from ...observability import Metrics
 from .. import schemas
 from ..deps import BlobAccessDep, ServicesDep
@@ -36,6 +37,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     401: {"model": schemas.Problem},
     403: {"model": schemas.Problem},
     404: {"model": schemas.Problem},
+    410: {"model": schemas.Problem, "description": "the storage GC deleted it (its version is revoked or superseded)"},
     416: {"model": schemas.Problem},
 }
 
@@ -51,7 +53,10 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     operation_id="get_blob",
 )
 async def get_blob(sha256: Sha256Path, request: Request, _access: BlobAccessDep, services: ServicesDep) -> Response:
-    size = await run_in_threadpool(services.storage.size, sha256)
+    try:
+        size = await run_in_threadpool(services.storage.size, sha256)
+    except BlobNotFoundError as e:
+        raise await run_in_threadpool(services.registry.missing_blob, sha256, e) from None
     etag = f'"{sha256}"'
     headers = {
         "Accept-Ranges": "bytes",
@@ -68,7 +73,10 @@ async def get_blob(sha256: Sha256Path, request: Request, _access: BlobAccessDep,
     headers["Content-Length"] = str(stop - start)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers, media_type="application/octet-stream")
-    chunks = await run_in_threadpool(services.storage.open, sha256, start=start, stop=stop)
+    try:
+        chunks = await run_in_threadpool(services.storage.open, sha256, start=start, stop=stop)
+    except BlobNotFoundError as e:  # deleted since it was measured
+        raise await run_in_threadpool(services.registry.missing_blob, sha256, e) from None
     return StreamingResponse(
         _counted(chunks, services.metrics), status_code=status, headers=headers, media_type="application/octet-stream"
     )

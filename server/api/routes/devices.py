@@ -106,6 +106,20 @@ def get_device(device_id: DeviceIdPath, _admin: AdminDep, services: ServicesDep)
             )
             for e in record.events
         ],
+        previous_version=device.previous_version,
+        metric_history=[
+            schemas.MetricSummaryOut(
+                version=m.version,
+                windows=m.windows,
+                requests=m.requests,
+                p50_ms=m.p50_sum / m.requests if m.requests else None,
+                p95_ms=m.p95_sum / m.requests if m.requests else None,
+                mean_confidence=m.confidence_sum / m.requests if m.requests else None,
+                first_at=m.first_at,
+                last_at=m.last_at,
+            )
+            for m in record.summaries
+        ],
     )
 
 

@@ -39,6 +39,7 @@ def version_summary(model: str, row: ModelVersion) -> schemas.VersionSummary:
         revoked=row.revoked_at is not None,
         revoked_at=row.revoked_at,
         revoked_reason=row.revoked_reason,
+        collected_at=row.collected_at,
     )
 
 
