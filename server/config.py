@@ -101,6 +101,13 @@ class Settings(BaseSettings):
     seen_flush_seconds: float = Field(5.0, gt=0, le=300, description="also how often rollout offers are written")
     rollout_eval_seconds: float = Field(5.0, gt=0, le=3600, description="how often each process judges active rollouts")
     retry_after: int = Field(5, ge=1)
+
+    # Enrollment rate limits: token buckets in each server process (server/core/ratelimit.py); 0 turns one off.
+    enroll_rate: float = Field(1.0, ge=0, description="enrollments per second one client address may sustain")
+    enroll_burst: int = Field(100, ge=1, description="enrollments one client address may make at once")
+    enroll_global_rate: float = Field(20.0, ge=0, description="enrollments per second of all clients together")
+    enroll_global_burst: int = Field(500, ge=1, description="enrollments all clients together may make at once")
+    enroll_tracked_addresses: int = Field(10_000, ge=100, le=10_000_000, description="client addresses remembered")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("publisher_keys", mode="before")

@@ -6,6 +6,8 @@ commits (routes never do).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import artifact as A
@@ -21,6 +23,7 @@ from .deltas import DeltaService
 from .fleet import Fleet
 from .offers import Offers
 from .publish import Publisher
+from .ratelimit import EnrollmentLimiter
 from .registry import Registry
 from .rollouts import RolloutService
 from .security import Signer
@@ -46,6 +49,7 @@ class Services:
     auth: Authenticator
     rollouts: RolloutService
     dashboard: Dashboard
+    enrollment_limiter: EnrollmentLimiter
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -61,7 +65,19 @@ def trust_policy(settings: Settings) -> A.TrustPolicy | None:
         raise ConfigurationError(f"OTA_PUBLISHER_THRESHOLD: {e}") from e
 
 
-def build_services(settings: Settings) -> Services:
+def enrollment_limiter(settings: Settings, clock: Callable[[], float] = time.monotonic) -> EnrollmentLimiter:
+    return EnrollmentLimiter(
+        rate=settings.enroll_rate,
+        burst=settings.enroll_burst,
+        global_rate=settings.enroll_global_rate,
+        global_burst=settings.enroll_global_burst,
+        max_addresses=settings.enroll_tracked_addresses,
+        clock=clock,
+    )
+
+
+def build_services(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> Services:
+    """Every service of one process. `clock` (monotonic seconds) drives the rate limits: tests move it."""
     metrics = Metrics()
     db = Database(
         settings.database_url,
@@ -117,4 +133,5 @@ def build_services(settings: Settings) -> Services:
         auth=Authenticator(db, signer, view, bootstrap_token=settings.admin_token.get_secret_value()),
         rollouts=rollouts,
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
+        enrollment_limiter=enrollment_limiter(settings, clock),
     )

@@ -33,7 +33,11 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     status_code=201,
     response_model=schemas.EnrollResponse,
     summary="Enroll a device with the fleet's enrollment secret",
-    responses={403: {"model": schemas.Problem}, 409: {"model": schemas.Problem}},
+    responses={
+        403: {"model": schemas.Problem},
+        409: {"model": schemas.Problem},
+        429: {"model": schemas.Problem, "description": "too many enrollments (see Retry-After)"},
+    },
 )
 def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse:
     enrolled = services.fleet.enroll(device_id=body.device_id, model=body.model, labels=body.labels)
