@@ -142,7 +142,7 @@ def native(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Nat
             compose_db: database_url,  # user, database and schema of the test server; same driver
             "http://minio:9000": s3,
             "http://server:8000": f"http://127.0.0.1:{port}",
-            "0.0.0.0": "127.0.0.1",  # noqa: S104 - the test listens on loopback only
+            "0.0.0.0": "127.0.0.1",
             **{target: str(path) for target, path in mounts.items()},
         }
         assert compose_db.split("://")[0] == database_url.split("://")[0]
