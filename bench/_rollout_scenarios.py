@@ -157,6 +157,8 @@ def scenarios(work: Path, args: argparse.Namespace) -> tuple[list[str], list[str
             "OTA_PUBLISHER_KEYS": str(work / "signing.pub"),
             "OTA_SECRET_KEY": secrets.token_urlsafe(32),
             "OTA_POLL_INTERVAL": str(POLL_INTERVAL),
+            "OTA_ENROLL_RATE": "0",  # the whole simulated fleet enrolls from 127.0.0.1: no enrollment limits
+            "OTA_ENROLL_GLOBAL_RATE": "0",
             "OTA_LOG_LEVEL": "WARNING",
         }
         ports = [free_port(), free_port()]

@@ -91,6 +91,8 @@ def main() -> int:
             "OTA_ENROLLMENT_SECRET": enroll,
             "OTA_PUBLISHER_KEYS": str(work / "signing.pub"),
             "OTA_POLL_INTERVAL": "5",
+            "OTA_ENROLL_RATE": "0",  # the whole simulated fleet enrolls from 127.0.0.1: no enrollment limits
+            "OTA_ENROLL_GLOBAL_RATE": "0",
         }
         port = 18000 + secrets.randbelow(2000)
         url = f"http://127.0.0.1:{port}"

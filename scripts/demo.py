@@ -293,6 +293,8 @@ def main() -> int:
             "OTA_ENROLLMENT_SECRET": enroll,
             "OTA_PUBLISHER_KEYS": str(pub),
             "OTA_POLL_INTERVAL": "2",
+            "OTA_ENROLL_RATE": "0",  # the whole simulated fleet enrolls from 127.0.0.1: no enrollment limits
+            "OTA_ENROLL_GLOBAL_RATE": "0",
             "OTA_ROLLOUT_EVAL_SECONDS": "1",  # a demo's soaks are seconds long; a fleet's, minutes
             "OTA_SEEN_FLUSH_SECONDS": "1",
         }

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -66,9 +67,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.db.dispose()
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """A ready-to-serve app. Raises :class:`ConfigurationError` for unusable settings (bad key files …)."""
-    services = build_services(settings)
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """A ready-to-serve app. Raises :class:`ConfigurationError` for unusable settings (bad key files …).
+
+    `clock` (monotonic seconds) drives the enrollment rate limits; tests pass one they move by hand."""
+    services = build_services(settings, clock=clock)
     app = FastAPI(
         title="OTA model update server",
         version="1",

@@ -1,7 +1,9 @@
-"""`ota-server`: migrate the database, serve the API, mint admin tokens, collect garbage.
+"""`ota-server`: migrate the database, serve the API, mint admin tokens, collect garbage, probe readiness.
 
 Every command reads its configuration from the `OTA_*` environment (see :mod:`server.config`) and
-works from any working directory. `serve` applies migrations before it listens.
+works from any working directory. `serve` applies migrations before it listens, unless a separate
+step (`ota-server migrate`, the deployment's one-shot job) did: `serve --no-migrate` then only
+checks that the schema is current. `healthcheck` is the container's probe (the image has no curl).
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .db.migrate import upgrade
+    from .db.migrate import check_current, upgrade
     from .observability import configure_logging
 
     configure_logging(settings.log_level)
-    upgrade(settings.database_url)
+    if args.migrate:
+        upgrade(settings.database_url)
+    else:
+        check_current(settings.database_url)
     common = {
         "host": args.host,
         "port": args.port,
@@ -271,7 +276,37 @@ def _positive(text: str) -> int:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when `--url` answers 200 within `--timeout` seconds; else one line saying why, exit 1."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    if not args.url.startswith(("http://", "https://")):
+        print(f"ota-server: error: --url must be an http:// or https:// URL, got {args.url!r}", file=sys.stderr)
+        return 2
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as e:
+        try:
+            detail = str(json.loads(e.read(4096)).get("detail", ""))
+        except (ValueError, AttributeError, OSError):
+            detail = ""
+        print(f"ota-server: not ready: {args.url} answered {e.code} {detail}".rstrip(), file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as e:
+        print(f"ota-server: not ready: {args.url}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"ota-server: not ready: {args.url} answered {status}", file=sys.stderr)
+        return 1
+    print(f"{args.url}: ready")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the deployment tests parse docker-compose.yml's commands with it)."""
     parser = argparse.ArgumentParser(
         prog="ota-server", description="OTA model update server (configured by OTA_* variables)."
     )
@@ -282,6 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-* (default 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--no-migrate",
+        dest="migrate",
+        action="store_false",
+        help="do not migrate; refuse to start unless the database is current (`migrate` ran as its own step)",
     )
     serve.set_defaults(run=_serve)
     sub.add_parser("migrate", help="apply database migrations").set_defaults(run=_migrate)
@@ -309,7 +350,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--retention-days", type=_positive, default=None, metavar="DAYS", help="default: OTA_EVENT_RETENTION_DAYS (30)"
     )
     collect.set_defaults(run=_gc)
-    args = parser.parse_args(argv)
+    health = sub.add_parser("healthcheck", help="exit 0 when the server answers /readyz with 200 (container probe)")
+    health.add_argument("--url", default="http://127.0.0.1:8000/readyz", help="default http://127.0.0.1:8000/readyz")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+    health.set_defaults(run=None, probe=_healthcheck)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.run is None:  # needs no settings: a probe must say "not ready", not "bad configuration"
+        probe: int = args.probe(args)
+        return probe
     try:
         settings = load_settings()
         if args.command == "gc":

@@ -161,6 +161,13 @@ class Settings(BaseSettings):
         86400, ge=0, description="how long a version stays collectable before `ota-server gc` deletes its blobs"
     )
     event_retention_days: int = Field(30, ge=1, le=36500, description="device events older than this are deleted")
+
+    # Enrollment rate limits: token buckets in each server process (server/core/ratelimit.py); 0 turns one off.
+    enroll_rate: float = Field(1.0, ge=0, description="enrollments per second one client address may sustain")
+    enroll_burst: int = Field(100, ge=1, description="enrollments one client address may make at once")
+    enroll_global_rate: float = Field(20.0, ge=0, description="enrollments per second of all clients together")
+    enroll_global_burst: int = Field(500, ge=1, description="enrollments all clients together may make at once")
+    enroll_tracked_addresses: int = Field(10_000, ge=100, le=10_000_000, description="client addresses remembered")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("publisher_keys", mode="before")

@@ -37,6 +37,7 @@ down and the same request may succeed later (the response carries ``Retry-After`
     │   ├── BlobCollectedError          410 the blob of a revoked or superseded version was collected by the GC
     │   ├── PayloadTooLargeError        413 body over the configured limit (refused before read whole)
     │   ├── RangeNotSatisfiableError    416 Range starts past the end of the blob
+    │   ├── RateLimitedError            429 + Retry-After: too many requests of this kind (enrollment)
     │   ├── InvalidArtifactError        422 the artifact fails the door or the ONNX checks
     │   └── InvalidTrustDocumentError   422 a root or keys document that is malformed, expired or badly signed
     └── UnavailableError                    503 + Retry-After: retry later
@@ -199,6 +200,18 @@ class RangeNotSatisfiableError(ClientError):
 
     def __init__(self, detail: str, *, size: int) -> None:
         super().__init__(detail, headers={"Content-Range": f"bytes */{size}"})
+
+
+class RateLimitedError(ClientError):
+    """Too many requests of one kind (enrollment) from this address or from everyone; retry later."""
+
+    status = 429
+    slug = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class InvalidArtifactError(ClientError):

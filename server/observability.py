@@ -68,6 +68,12 @@ class Metrics:
             ["how"],
             registry=r,
         )
+        self.enrollments_limited = Counter(
+            "ota_enrollments_rate_limited",
+            "Enrollments refused with 429 by this process, by the bucket that was empty",
+            ["scope"],
+            registry=r,
+        )
         self.device_events = Counter("ota_device_events", "Device events recorded", ["type"], registry=r)
         self.rollout_transitions = Counter(
             "ota_rollout_transitions",

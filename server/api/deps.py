@@ -24,7 +24,12 @@ from starlette.concurrency import run_in_threadpool
 from ..core.security import DeviceIdentity, secret_equals
 from ..core.services import Services
 from ..db.models import Device
-from ..errors import AuthenticationError, BlobNotFoundError, ForbiddenError
+from ..errors import (
+    AuthenticationError,
+    BlobNotFoundError,
+    ForbiddenError,
+    RateLimitedError,
+)
 from .schemas import EnrollRequest
 
 
@@ -118,7 +123,31 @@ async def require_blob_access(
     request.state.admin = name
 
 
-async def require_enrollment_secret(body: EnrollRequest, services: ServicesDep) -> EnrollRequest:
+_ADMITTED = "ota.enrollment_admitted"
+
+
+async def admit_enrollment(request: Request) -> None:
+    """The enrollment rate limits (:mod:`server.core.ratelimit`): 429 + Retry-After when a bucket is empty.
+
+    Checked before the body is read (:class:`AuthFirstRoute` runs it first) and only once per request,
+    whether the secret turns out right or wrong: guessing at the secret costs tokens too."""
+    if request.scope.get(_ADMITTED):
+        return
+    request.scope[_ADMITTED] = True
+    services = services_of(request)
+    refusal = services.enrollment_limiter.admit(request.client.host if request.client else None)
+    if refusal is None:
+        return
+    services.metrics.enrollments_limited.labels(refusal.scope).inc()
+    who = "from this address" if refusal.scope == "address" else "from all clients together"
+    raise RateLimitedError(
+        f"too many enrollments {who}; retry in {refusal.retry_after} s", retry_after=refusal.retry_after
+    )
+
+
+async def require_enrollment_secret(
+    body: EnrollRequest, services: ServicesDep, _admitted: Annotated[None, Depends(admit_enrollment)]
+) -> EnrollRequest:
     """Enrollment is authorized by the fleet's shared secret in the body (the current one, or a
     previous one until it retires), not by a bearer token."""
     services.auth.enrollment.check(body.enrollment_secret)
@@ -141,6 +170,7 @@ def _admin_guard(request: Request) -> Awaitable[Admin]:
 _GUARDS: dict[Callable[..., Any], Callable[[Request], Awaitable[object]]] = {
     require_admin: _admin_guard,
     require_device: require_device,
+    admit_enrollment: admit_enrollment,
 }
 
 
@@ -153,8 +183,9 @@ def _calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
 class AuthFirstRoute(APIRoute):
     """A route that checks its credential before FastAPI reads the body (see the module docstring).
 
-    The guard is the admin or device check found among the route's dependencies; the dependency
-    still runs as usual afterwards (for a device, a cached token check: no second HMAC).
+    The guard is the admin or device check (or the enrollment rate limit) found among the route's
+    dependencies; the dependency still runs as usual afterwards (for a device, a cached token check:
+    no second HMAC; the rate limit is not charged twice).
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

@@ -6,6 +6,8 @@ commits (routes never do).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import artifact as A
@@ -21,6 +23,7 @@ from .deltas import DeltaService
 from .fleet import Fleet
 from .offers import Offers
 from .publish import Publisher
+from .ratelimit import EnrollmentLimiter
 from .registry import Registry
 from .rollouts import RolloutService
 from .security import Signer
@@ -48,6 +51,7 @@ class Services:
     rollouts: RolloutService
     dashboard: Dashboard
     trust: TrustService
+    enrollment_limiter: EnrollmentLimiter
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -63,7 +67,19 @@ def trust_policy(settings: Settings) -> A.TrustPolicy | None:
         raise ConfigurationError(f"OTA_PUBLISHER_THRESHOLD: {e}") from e
 
 
-def build_services(settings: Settings) -> Services:
+def enrollment_limiter(settings: Settings, clock: Callable[[], float] = time.monotonic) -> EnrollmentLimiter:
+    return EnrollmentLimiter(
+        rate=settings.enroll_rate,
+        burst=settings.enroll_burst,
+        global_rate=settings.enroll_global_rate,
+        global_burst=settings.enroll_global_burst,
+        max_addresses=settings.enroll_tracked_addresses,
+        clock=clock,
+    )
+
+
+def build_services(settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> Services:
+    """Every service of one process. `clock` (monotonic seconds) drives the rate limits: tests move it."""
     metrics = Metrics()
     db = Database(
         settings.database_url,
@@ -133,4 +149,5 @@ def build_services(settings: Settings) -> Services:
         rollouts=rollouts,
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
         trust=trust,
+        enrollment_limiter=enrollment_limiter(settings, clock),
     )

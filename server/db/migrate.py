@@ -83,3 +83,24 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The revision this code's migrations lead to (what `upgrade` brings a database to)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def check_current(url: str) -> None:
+    """:class:`ConfigurationError` unless the database is at :func:`head_revision` (for `serve --no-migrate`)."""
+    try:
+        current = current_revision(url)
+    except UNAVAILABLE as e:
+        raise DatabaseUnavailableError(f"cannot read the schema revision: {getattr(e, 'orig', None) or e}") from e
+    head = head_revision()
+    if current != head:
+        raise ConfigurationError(
+            f"the database is at revision {current or 'none (empty)'}, this server needs {head}: "
+            "run `ota-server migrate` first (or serve without --no-migrate)"
+        )

@@ -16,9 +16,10 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,9 +149,10 @@ class Env:
     def settings(self, **overrides: Any) -> Settings:
         return Settings(**{**self.base, **overrides})
 
-    def client(self, **overrides: Any) -> TestClient:
-        """A started app (lifespan entered) on this env; stopped at the end of the test."""
-        client = TestClient(create_app(self.settings(**overrides)), raise_server_exceptions=False)
+    def client(self, *, clock: Callable[[], float] = time.monotonic, **overrides: Any) -> TestClient:
+        """A started app (lifespan entered) on this env; stopped at the end of the test. `clock` drives
+        the app's rate limits (a test moves it instead of sleeping)."""
+        client = TestClient(create_app(self.settings(**overrides), clock=clock), raise_server_exceptions=False)
         client.__enter__()
         self.clients.append(client)
         return client

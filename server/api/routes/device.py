@@ -38,7 +38,11 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     status_code=201,
     response_model=schemas.EnrollResponse,
     summary="Enroll a device with the fleet's enrollment secret",
-    responses={403: {"model": schemas.Problem}, 409: {"model": schemas.Problem}},
+    responses={
+        403: {"model": schemas.Problem},
+        409: {"model": schemas.Problem},
+        429: {"model": schemas.Problem, "description": "too many enrollments (see Retry-After)"},
+    },
 )
 def enroll(body: EnrollmentDep, services: ServicesDep) -> schemas.EnrollResponse:
     previous = services.signer.read_device_token(body.previous_token) if body.previous_token else None
