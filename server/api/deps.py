@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Query, Request, Response
+from fastapi import Depends, Path, Query, Request, Response
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
@@ -30,7 +30,7 @@ from ..errors import (
     ForbiddenError,
     RateLimitedError,
 )
-from .schemas import EnrollRequest
+from .schemas import SHA256, EnrollRequest
 
 
 def services_of(request: Request) -> Services:
@@ -95,7 +95,7 @@ async def require_enrolled_device(
 async def require_blob_access(
     request: Request,
     services: ServicesDep,
-    sha256: str,
+    sha256: Annotated[str, Path(pattern=SHA256)],  # checked here too: a non-digest never reaches the signer
     expires: Annotated[int | None, Query(description="expiry of a signed download URL")] = None,
     sig: Annotated[str | None, Query(max_length=64, description="signature of a signed download URL")] = None,
     kid: Annotated[str | None, Query(max_length=16, description="id of the key that signed the URL")] = None,

@@ -136,3 +136,10 @@ def test_blob_bytes_are_counted(client: TestClient, blob: tuple[str, bytes]) -> 
     text = client.get("/metrics").text
     line = next(line for line in text.splitlines() if line.startswith("ota_blob_bytes_sent_total"))
     assert float(line.split()[1]) == len(payload) + 100
+
+
+@pytest.mark.parametrize("name", ["\U000be833", "é" * 64])
+def test_a_blob_name_that_is_no_digest_is_422_with_or_without_a_signature(client: TestClient, name: str) -> None:
+    assert_problem(client.get(f"/v1/blobs/{name}", params={"expires": 1, "sig": "x"}), 422, "invalid-request")
+    assert client.head(f"/v1/blobs/{name}", params={"expires": 1, "sig": "x"}).status_code == 422  # no body
+    assert_problem(client.get(f"/v1/blobs/{name}", headers=ADMIN), 422)
