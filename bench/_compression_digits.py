@@ -8,6 +8,8 @@ Goal: within 1.0 point of the fp32 parent, payload ≤ 0.25 MB, compression ≤ 
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import tempfile
 import time
@@ -71,10 +73,34 @@ def _row(label: str, report: dict[str, Any], seconds: float) -> DigitsRow:
     )
 
 
+def _given(run: Path, parent: Path | None, old: bool) -> tuple[dict[str, Any], float]:
+    """The report of a run compressed beforehand (``--digits-compressed``), checked: 33 % / 6 bits of ``parent``."""
+    report: dict[str, Any] = json.loads((run / "compression.json").read_text())
+    cfg = report["config"]
+    if cfg["method"] != "kmeans" or cfg["bits"] != 6 or abs(cfg["density"] - 0.33) > 1e-9:
+        raise SystemExit(f"{run} is not a 33 %, 6-bit k-means compression")
+    schedule = (cfg.get("finetune_epochs"), cfg.get("finetune_steps"))
+    if schedule != ((4, None) if old else (None, None)):
+        raise SystemExit(f"{run} was not compressed with {'--finetune-epochs 4' if old else 'the default schedule'}")
+    if parent is None or Path(report["parent"]).resolve() != parent.resolve():
+        raise SystemExit(f"{run} was compressed from {report['parent']}, not from --digits-parent {parent}")
+    log(f"digits: {run} compressed beforehand ({report['seconds']:.0f} s then)")
+    return report, float(report["seconds"])
+
+
 def digits_section(
-    work: Path, threads: int | None, parent: Path | None, old_schedule: bool = True
+    work: Path,
+    threads: int | None,
+    parent: Path | None,
+    old_schedule: bool = True,
+    done: tuple[Path | None, Path | None] = (None, None),
 ) -> tuple[list[str], list[tuple[str, bool, str]]]:
-    """Table lines and verdicts of the digits rows (trains the parent unless one is given)."""
+    """Table lines and verdicts of the digits rows (trains the parent unless one is given).
+
+    ``done`` names runs compressed beforehand with ``model-builder compress`` (default schedule,
+    ``--finetune-epochs 4``) from ``parent``: their reports are tabulated instead of compressing again,
+    and their rows say so (on a loaded machine the bench would otherwise repeat an hour of work).
+    """
     data = work / "digits"
     make_digits_dataset(data)
     train_s = 0.0
@@ -98,12 +124,21 @@ def digits_section(
             f"{PARENT_EPOCHS} epochs of training" + ("" if train_s else " (trained beforehand)"),
         )
     ]
-    report, seconds = _compress(parent, work / "digits-6bit", threads)
-    new = _row("33 %, 6 bits, default schedule (steps, with a floor)", report, seconds)
+    before = " (compressed beforehand)"
+    if done[0]:
+        report, seconds = _given(done[0], parent, old=False)
+    else:
+        report, seconds = _compress(parent, work / "digits-6bit", threads)
+    new = _row("33 %, 6 bits, default schedule (steps, with a floor)" + (before if done[0] else ""), report, seconds)
     rows.append(new)
-    if old_schedule:
-        old_report, old_seconds = _compress(parent, work / "digits-6bit-old", threads, finetune_epochs=4)
-        rows.append(_row("33 %, 6 bits, the schedule before (--finetune-epochs 4)", old_report, old_seconds))
+    if old_schedule or done[1]:
+        old_report, old_seconds = (
+            _given(done[1], parent, old=True)
+            if done[1]
+            else _compress(parent, work / "digits-6bit-old", threads, finetune_epochs=4)
+        )
+        label = "33 %, 6 bits, the schedule before (--finetune-epochs 4)" + (before if done[1] else "")
+        rows.append(_row(label, old_report, old_seconds))
     fmt: Callable[[float | None], str] = lambda x: "" if x is None else f"{x:+.2f}"  # noqa: E731
     lines = [
         f"Digits (scikit-learn's handwritten digits, real scans): {len(train_set):,} train / {len(val_set)} val "
@@ -131,16 +166,33 @@ def digits_section(
     return lines, [verdict]
 
 
-def digits_only(threads: int | None, parent: Path | None, old_schedule: bool, write: bool) -> int:
+def digits_only(
+    threads: int | None,
+    parent: Path | None,
+    old_schedule: bool,
+    write: bool,
+    done: tuple[Path | None, Path | None] = (None, None),
+) -> int:
     """``--only digits``: the digits rows alone, written as their own section of docs/benchmarks.md."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-compression-digits-") as tmp:
-        lines, verdicts = digits_section(Path(tmp), threads, parent, old_schedule)
+        lines, verdicts = digits_section(Path(tmp), threads, parent, old_schedule, done)
     verdict_lines = [f"- verdict ({g}): {'PASS' if ok else 'FAIL'} — {why}" for g, ok, why in verdicts]
-    body = "\n".join([*lines, "", *verdict_lines, "", f"Total benchmark time {time.perf_counter() - started:.0f} s."])
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    body = "\n".join(
+        [*lines, "", *verdict_lines, "", f"Total benchmark time {time.perf_counter() - started:.0f} s; load average "
+         f"at the end {load} (1, 5, 15 min) on this shared machine."]
+    )  # fmt: skip
     if parent is not None:
         args = load_checkpoint(parent)["train"]
         body += f"\nParent trained beforehand: `model-builder train --epochs {args['epochs']}` ({parent})."
+    for run in (r for r in done if r is not None):
+        cfg = json.loads((run / "compression.json").read_text())["config"]
+        how = f"--finetune-epochs {cfg['finetune_epochs']}" if cfg.get("finetune_epochs") else "default schedule"
+        body += (
+            f"\n{run} compressed beforehand: `model-builder compress {cfg['run']} --out {run} --density 0.33 --bits 6 "
+            f"--threads {cfg['threads']}` ({how}); its wall time is the one `compress` measured then."
+        )
     print(body)
     if write:
         write_section("compression-digits", body)

@@ -21,7 +21,6 @@ point, payload ≤ 0.25 MB, ≤ 10 min. MB = 10^6 bytes throughout.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -29,12 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 import artifact as A
 from bench._compression_digits import digits_only, digits_section
+from bench._compression_int8 import INT8_SPEEDUP_GOAL, int8_only, latency_224, side_by_side
 from bench._report import vector_extensions, write_section
 from model_builder.compress import (
     CompressConfig,
@@ -53,7 +51,7 @@ from model_builder.compress import (
     share_weights,
     stream_report,
 )
-from model_builder.data import load_datasets, make_shapes_dataset, normalize
+from model_builder.data import load_datasets, make_shapes_dataset
 from model_builder.export import export_model
 from model_builder.squeezenet import count_parameters, squeezenet1_0
 from model_builder.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
@@ -61,7 +59,6 @@ from model_builder.train import TrainConfig, load_checkpoint, model_from_checkpo
 MB = 1_000_000
 DEMO_PAYLOAD_GOAL, DEMO_LOSS_GOAL, DEMO_SECONDS_GOAL = 0.25 * MB, 0.010, 600.0
 INT8_LOSS_GOAL = 0.005
-INT8_SPEEDUP_GOAL = {True: 1.7, False: 1.25}  # with int8 dot-product instructions, without (issue 14)
 PAPER_PAYLOAD_GOAL = 0.42 * MB
 DELTA_GOAL = 0.15
 
@@ -136,46 +133,6 @@ def _compress(work: Path, run: Path, name: str, threads: int | None, **kw: Any) 
     return result.out, result.report, time.perf_counter() - t0
 
 
-def one_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def side_by_side(fp32: bytes, int8: bytes, size: int, rounds: int = 20, per_round: int = 25) -> tuple[float, float]:
-    """Batch-1 latency (ms, median) of two models timed in alternating rounds, one thread each.
-
-    The machine is shared: timing one model after the other lets a burst of someone else's work land
-    on one of them only. Alternating short rounds gives both the same conditions.
-    """
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    sessions = [one_thread_session(fp32), one_thread_session(int8)]
-    times: list[list[float]] = [[], []]
-    for s in sessions:
-        for _ in range(10):
-            s.run(None, {"input": x})
-    for _ in range(rounds):
-        for s, t in zip(sessions, times, strict=True):
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})
-                t.append(time.perf_counter() - t0)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
-
-
-def _latency_224(run: Path, train_set: Any, work: Path) -> tuple[float, float]:
-    """fp32 and int8 (uint8 activations) batch-1 latency of the demo network at 224 px: (fp32 ms, int8 ms).
-
-    The network is fully convolutional, so the trained weights run at 224 px; calibration uses the
-    training images upsampled to 224 px. Only the timing matters here.
-    """
-    model = model_from_checkpoint(load_checkpoint(run))
-    fp32 = _export(model, 224, work, "fp32-224")
-    calib = torch.nn.functional.interpolate(normalize(train_set.images[:64]), size=224, mode="bilinear")
-    int8 = quantize_int8(fp32, calib.numpy(), progress=False)
-    return side_by_side(fp32, int8, 224, rounds=10, per_round=5)
-
-
 def paper_configuration(work: Path, rate_weight: float) -> tuple[Row, dict[str, Any]]:
     """SqueezeNet 1.0, 1000 classes, 33 % per layer, 6 bits, from its seeded initialisation (no ImageNet here)."""
     torch.manual_seed(0)
@@ -214,11 +171,20 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     ap.add_argument("--digits-parent", type=Path, help="a squeezenet1_1 run trained on the digits (default: train one)")
     ap.add_argument("--no-digits-old", action="store_true", help="skip the digits row with the schedule before")
-    ap.add_argument("--only", choices=["digits"], help="run only the digits rows (the full bench takes long)")
+    ap.add_argument("--digits-compressed", type=Path, help="a 33 %%/6-bit compression of --digits-parent, done before")
+    ap.add_argument("--digits-compressed-old", type=Path, help="the same with --finetune-epochs 4, done before")
+    ap.add_argument(
+        "--only",
+        choices=["digits", "int8"],
+        help="run only the digits rows, or only int8-vs-fp32 speed on --digits-parent (the full bench takes long)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
     if args.only == "digits":
-        return digits_only(args.threads, args.digits_parent, not args.no_digits_old, write=not args.no_write)
+        done = (args.digits_compressed, args.digits_compressed_old)
+        return digits_only(args.threads, args.digits_parent, not args.no_digits_old, not args.no_write, done)
+    if args.only == "int8":
+        return int8_only(args.digits_parent, write=not args.no_write)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-compression-") as tmp:
         work = Path(tmp)
@@ -277,7 +243,7 @@ def main() -> int:
         out, rep, _s = _compress(work, p11, "int8-s8", args.threads, method="int8", activations="int8")
         rows.append(_run_row("int8 with int8 activations (S8S8, the first design)", out, rep, weights11, 8))
         at64 = side_by_side(fp32["squeezenet1_1"][0], int8_onnx, 64)
-        at224 = _latency_224(p11, train_set, work)
+        at224 = latency_224(p11, train_set)
         pruned, rep, _s = _compress(work, p11, "pruned-int8", args.threads, method="int8", density=0.33)
         rows.append(_run_row("pruned + int8 (QDQ)", pruned, rep, weights11, 8))
         out, rep, _s = _compress(work, pruned, "pruned-8bit", args.threads, bits=8)

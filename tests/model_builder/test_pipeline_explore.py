@@ -97,7 +97,7 @@ def test_pipeline_compresses_signs_publishes_and_rolls_out_the_compressed_model(
     code = main([
         "pipeline", "--data", str(tiny_shapes), "--out", str(run), "--epochs", "1", "--threads", "1",
         "--no-progress", "--name", "shapes", "--version", "1", "--key", str(tmp_path / "keys" / "signing.key"),
-        "--density", "0.5", "--bits", "6", "--finetune-steps", "3", "--max-loss", "100",
+        "--density", "0.5", "--bits", "4", "--finetune-steps", "3", "--max-loss", "100",
         "--server", stub.url, "--token", "adm", "--rollout", "10,100", "--soak", "30",
     ])  # fmt: skip
     assert code == 0
@@ -109,14 +109,14 @@ def test_pipeline_compresses_signs_publishes_and_rolls_out_the_compressed_model(
     ).manifest
     onnx_bytes = (run / "compressed" / "model.onnx").read_bytes()
     assert manifest.onnx.sha256 == hashlib.sha256(onnx_bytes).hexdigest()  # the compressed model is what shipped
-    assert manifest.metrics["bits"] == 6 and manifest.metrics["density"] == pytest.approx(0.5, abs=1e-3)
+    assert manifest.metrics["bits"] == 4 and manifest.metrics["density"] == pytest.approx(0.5, abs=1e-3)
     (rollout,) = stub.rollouts()
     assert rollout["version"] == 1 and [s["percent"] for s in rollout["stages"]] == [10, 100]
     report = json.loads((run / "compressed" / "compression.json").read_text())
     fp32, small = report["size"]["fp32"]["payload_bytes"], report["size"]["compressed"]["payload_bytes"]
     assert small < fp32 / 2
     assert f"| fp32 (trained) | {report['accuracy']['fp32']:.2%} | {fp32:,} |" in out  # each stage: accuracy, size
-    assert f"| k-means 6 bits, density 50% (shipped) | {report['accuracy']['final']:.2%} | {small:,} |" in out
+    assert f"| k-means 4 bits, density 50% (shipped) | {report['accuracy']['final']:.2%} | {small:,} |" in out
 
 
 def test_pipeline_stops_before_signing_when_compression_loses_too_much(
