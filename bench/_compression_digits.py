@@ -43,6 +43,7 @@ class DigitsRow:
     seconds: float
     steps: str
     loss_points: float | None = None
+    cpu_seconds: float | None = None  # process CPU time: what an idle machine would take, on a shared one
 
 
 def _compress(parent: Path, out: Path, threads: int | None, **kw: Any) -> tuple[dict[str, Any], float]:
@@ -70,6 +71,7 @@ def _row(label: str, report: dict[str, Any], seconds: float) -> DigitsRow:
         seconds,
         steps,
         (acc["fp32"] - acc["final"]) * 100,
+        report.get("cpu_seconds"),
     )
 
 
@@ -144,24 +146,30 @@ def digits_section(
         f"Digits (scikit-learn's handwritten digits, real scans): {len(train_set):,} train / {len(val_set)} val "
         "images at 64 px, 10 classes. Accuracy: top-1 on the validation split as ONNX Runtime runs the artifact's "
         "model; loss in points against the fp32 parent; steps: masked + centroid fine-tuning optimizer steps "
-        "(batch 64); time: wall clock of training (parent) or of `compress`.",
+        "(batch 64); time: wall clock of training (parent) or of `compress`, and its process CPU time (one thread: "
+        "about what an idle machine would take; this one is shared).",
         "",
-        "| digits | val accuracy | loss (points) | bytes on the air | wall time s | steps |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        "| digits | val accuracy | loss (points) | bytes on the air | wall time s | CPU time s | steps |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         wall = f"{r.seconds:.0f}" if r.seconds else "n/a"
+        cpu = f"{r.cpu_seconds:.0f}" if r.cpu_seconds else "not recorded"
         lines.append(
             f"| {r.label} | {r.accuracy:.2%} | {fmt(r.loss_points)} | {r.payload:,} ({r.payload / MB:.3f} MB) | "
-            f"{wall} | {r.steps} |"
+            f"{wall} | {cpu} | {r.steps} |"
         )
-    ok = new.loss_points is not None and new.loss_points <= LOSS_GOAL
-    ok = ok and new.payload <= PAYLOAD_GOAL and new.seconds <= SECONDS_GOAL
+    parts = {
+        "accuracy": new.loss_points is not None and new.loss_points <= LOSS_GOAL,
+        "payload": new.payload <= PAYLOAD_GOAL,
+        "time": new.seconds <= SECONDS_GOAL,
+    }
+    marks = ", ".join(f"{k} {'ok' if v else 'missed'}" for k, v in parts.items())
     verdict = (
         "digits (1.1, 33 %, 6 bits, default schedule): loss ≤ 1.0 point, payload ≤ 0.25 MB, compression ≤ 10 min",
-        ok,
-        f"loss {new.loss_points:+.2f} points ({fp32_acc:.2%} → {new.accuracy:.2%}), payload {new.payload:,} B, "
-        f"{new.seconds:.0f} s, {new.steps} steps",
+        all(parts.values()),
+        f"{marks}: loss {new.loss_points:+.2f} points ({fp32_acc:.2%} → {new.accuracy:.2%}), payload "
+        f"{new.payload:,} B, {new.seconds:.0f} s wall, {new.steps} steps",
     )
     return lines, [verdict]
 

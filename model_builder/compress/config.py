@@ -54,8 +54,9 @@ class CompressConfig:
             raise CompressError(f"--method int8 quantizes to 8 bits; --bits {self.bits} applies to kmeans only")
         if self.method == "int8" and self.init_from is not None:
             raise CompressError("--init-from continues a k-means compression; it does not apply to --method int8")
-        if (self.finetune_epochs or 0) < 0 or (self.finetune_steps or 0) < 0:
-            raise CompressError("--finetune-epochs and --finetune-steps must be >= 0")
+        for flag, value in (("--finetune-steps", self.finetune_steps), ("--finetune-epochs", self.finetune_epochs)):
+            if value is not None and value < 0:
+                raise CompressError(f"{flag} must be >= 0, got {value}")
         if self.finetune_epochs is not None and self.finetune_steps is not None:
             raise CompressError("give --finetune-steps or --finetune-epochs, not both (steps are the newer way)")
         if self.prune_steps < 1 or self.batch_size < 1 or self.calibration_images < 1:
