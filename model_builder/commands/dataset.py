@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         help="write an image-folder dataset (synthetic shapes, or real handwritten digits)",
         description=f"Write DIR/train/<class>/*.png and DIR/val/<class>/*.png. 'shapes': ten classes "
         f"({', '.join(SHAPES)}) in random colours, sizes, places and angles on cluttered backgrounds. 'digits': "
-        "the 1,797 handwritten digit scans scikit-learn ships (8x8, upscaled to --size, grayscale), 20 %% of "
+        "the 1,797 handwritten digit scans scikit-learn ships (8x8, upscaled to --size, grayscale), 20 % of "
         "each class held out by --seed: 1,438 train / 359 val.",
     )
     p.add_argument("kind", choices=["shapes", "digits"], help="which dataset to write")
