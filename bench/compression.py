@@ -15,7 +15,9 @@ configuration payload ≤ 0.42 MB; delta ≤ 15 % of v2's payload. Issue 14 adds
 data set, the handwritten digits (see ``bench/_compression_digits.py``): 33 % / 6 bits within 1.0
 point, payload ≤ 0.25 MB, ≤ 10 min. MB = 10^6 bytes throughout.
 
-    .venv/bin/python -m bench.compression [--data DIR] [--epochs N] [--threads N] [--only digits] [--no-write]
+    .venv/bin/python -m bench.compression [--data DIR] [--epochs N] [--threads N] [--no-write]
+    .venv/bin/python -m bench.compression --only digits [--digits-parent RUN] [--digits-compressed RUN2 ...]
+    .venv/bin/python -m bench.compression --only int8 --digits-parent RUN    # int8 vs fp32 speed, goal per CPU
 """
 
 from __future__ import annotations
