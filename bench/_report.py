@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")  # int8 dot products: x86 VNNI, ARM SDOT/UDOT
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
 
@@ -41,3 +42,15 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+def vector_extensions() -> tuple[bool, str]:
+    """(the CPU has int8 dot-product instructions, the vector extensions /proc/cpuinfo lists) for int8 goals."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return False, "unknown CPU"
+    have = [f for f in ("avx2", "avx512f", *DOT_PRODUCT_FLAGS, "amx_int8") if f in flags]
+    dot = bool(set(DOT_PRODUCT_FLAGS) & flags)
+    listed = ", ".join(have) or "none of avx2, avx512f, avx512_vnni, avx_vnni, asimddp"
+    return dot, listed + ("" if dot else " (no VNNI or dot-product)")

@@ -9,16 +9,20 @@ AlexNet's 32-bit weights (61.0 M parameters, counted from its layer shapes), the
 v1 to a compressed, fine-tuned v2.
 
 Goals (issue 6): demo (1.1, 33 %, 6 bits) loses ≤ 1.0 point with a payload ≤ 0.25 MB, compressed
-in ≤ 10 min; int8 loses ≤ 0.5 point and runs ≥ 1.7× faster than fp32; paper configuration payload
-≤ 0.42 MB; delta ≤ 15 % of v2's payload. MB = 10^6 bytes throughout.
+in ≤ 10 min; int8 loses ≤ 0.5 point and runs ≥ 1.7× faster than fp32 where the CPU has int8 dot
+products (AVX-512 VNNI, AVX-VNNI or ARM's asimddp), ≥ 1.25× on AVX2 alone (issue 14); paper
+configuration payload ≤ 0.42 MB; delta ≤ 15 % of v2's payload. Issue 14 adds rows for a small real
+data set, the handwritten digits (see ``bench/_compression_digits.py``): 33 % / 6 bits within 1.0
+point, payload ≤ 0.25 MB, ≤ 10 min. MB = 10^6 bytes throughout.
 
     .venv/bin/python -m bench.compression [--data DIR] [--epochs N] [--threads N] [--no-write]
+    .venv/bin/python -m bench.compression --only digits [--digits-parent RUN] [--digits-compressed RUN2 ...]
+    .venv/bin/python -m bench.compression --only int8 --digits-parent RUN    # int8 vs fp32 speed, goal per CPU
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -26,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import torch
 
 import artifact as A
-from bench._report import write_section
+from bench._compression_digits import digits_only, digits_section
+from bench._compression_int8 import INT8_SPEEDUP_GOAL, int8_only, latency_224, side_by_side
+from bench._report import vector_extensions, write_section
 from model_builder.compress import (
     CompressConfig,
     attach_codes,
@@ -49,14 +53,14 @@ from model_builder.compress import (
     share_weights,
     stream_report,
 )
-from model_builder.data import load_datasets, make_shapes_dataset, normalize
+from model_builder.data import load_datasets, make_shapes_dataset
 from model_builder.export import export_model
 from model_builder.squeezenet import count_parameters, squeezenet1_0
 from model_builder.train import TrainConfig, load_checkpoint, model_from_checkpoint, train
 
 MB = 1_000_000
 DEMO_PAYLOAD_GOAL, DEMO_LOSS_GOAL, DEMO_SECONDS_GOAL = 0.25 * MB, 0.010, 600.0
-INT8_LOSS_GOAL, INT8_SPEEDUP_GOAL = 0.005, 1.7
+INT8_LOSS_GOAL = 0.005
 PAPER_PAYLOAD_GOAL = 0.42 * MB
 DELTA_GOAL = 0.15
 
@@ -131,46 +135,6 @@ def _compress(work: Path, run: Path, name: str, threads: int | None, **kw: Any) 
     return result.out, result.report, time.perf_counter() - t0
 
 
-def one_thread_session(onnx_bytes: bytes) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def side_by_side(fp32: bytes, int8: bytes, size: int, rounds: int = 20, per_round: int = 25) -> tuple[float, float]:
-    """Batch-1 latency (ms, median) of two models timed in alternating rounds, one thread each.
-
-    The machine is shared: timing one model after the other lets a burst of someone else's work land
-    on one of them only. Alternating short rounds gives both the same conditions.
-    """
-    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    sessions = [one_thread_session(fp32), one_thread_session(int8)]
-    times: list[list[float]] = [[], []]
-    for s in sessions:
-        for _ in range(10):
-            s.run(None, {"input": x})
-    for _ in range(rounds):
-        for s, t in zip(sessions, times, strict=True):
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                s.run(None, {"input": x})
-                t.append(time.perf_counter() - t0)
-    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3
-
-
-def _latency_224(run: Path, train_set: Any, work: Path) -> tuple[float, float]:
-    """fp32 and int8 (uint8 activations) batch-1 latency of the demo network at 224 px: (fp32 ms, int8 ms).
-
-    The network is fully convolutional, so the trained weights run at 224 px; calibration uses the
-    training images upsampled to 224 px. Only the timing matters here.
-    """
-    model = model_from_checkpoint(load_checkpoint(run))
-    fp32 = _export(model, 224, work, "fp32-224")
-    calib = torch.nn.functional.interpolate(normalize(train_set.images[:64]), size=224, mode="bilinear")
-    int8 = quantize_int8(fp32, calib.numpy(), progress=False)
-    return side_by_side(fp32, int8, 224, rounds=10, per_round=5)
-
-
 def paper_configuration(work: Path, rate_weight: float) -> tuple[Row, dict[str, Any]]:
     """SqueezeNet 1.0, 1000 classes, 33 % per layer, 6 bits, from its seeded initialisation (no ImageNet here)."""
     torch.manual_seed(0)
@@ -207,11 +171,26 @@ def main() -> int:
     ap.add_argument("--parent-1-1", type=Path, help="a trained squeezenet1_1 run on --data (default: train one)")
     ap.add_argument("--parent-1-0", type=Path, help="a trained squeezenet1_0 run on --data (default: train one)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    ap.add_argument("--digits-parent", type=Path, help="a squeezenet1_1 run trained on the digits (default: train one)")
+    ap.add_argument("--no-digits-old", action="store_true", help="skip the digits row with the schedule before")
+    ap.add_argument("--digits-compressed", type=Path, help="a 33 %%/6-bit compression of --digits-parent, done before")
+    ap.add_argument("--digits-compressed-old", type=Path, help="the same with --finetune-epochs 4, done before")
+    ap.add_argument(
+        "--only",
+        choices=["digits", "int8"],
+        help="run only the digits rows, or only int8-vs-fp32 speed on --digits-parent (the full bench takes long)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = ap.parse_args()
+    if args.only == "digits":
+        done = (args.digits_compressed, args.digits_compressed_old)
+        return digits_only(args.threads, args.digits_parent, not args.no_digits_old, not args.no_write, done)
+    if args.only == "int8":
+        return int8_only(args.digits_parent, write=not args.no_write)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-compression-") as tmp:
         work = Path(tmp)
+        digits_lines, digits_verdicts = digits_section(work, args.threads, args.digits_parent, not args.no_digits_old)
         data = args.data
         if data is None:
             data = work / "shapes"
@@ -266,7 +245,7 @@ def main() -> int:
         out, rep, _s = _compress(work, p11, "int8-s8", args.threads, method="int8", activations="int8")
         rows.append(_run_row("int8 with int8 activations (S8S8, the first design)", out, rep, weights11, 8))
         at64 = side_by_side(fp32["squeezenet1_1"][0], int8_onnx, 64)
-        at224 = _latency_224(p11, train_set, work)
+        at224 = latency_224(p11, train_set)
         pruned, rep, _s = _compress(work, p11, "pruned-int8", args.threads, method="int8", density=0.33)
         rows.append(_run_row("pruned + int8 (QDQ)", pruned, rep, weights11, 8))
         out, rep, _s = _compress(work, pruned, "pruned-8bit", args.threads, bits=8)
@@ -332,6 +311,8 @@ def main() -> int:
         "0.47 MB | 510x | 57.5 % top-1 ImageNet | |"
     )
     speedup = at64[0] / at64[1]
+    dot, isa = vector_extensions()
+    speed_goal = INT8_SPEEDUP_GOAL[dot]
     demo_loss = fp32_acc - demo_row.accuracy  # type: ignore[operator]
     int8_loss = fp32_acc - int8_row.accuracy  # type: ignore[operator]
     st = demo_rep["streams"]
@@ -343,8 +324,9 @@ def main() -> int:
             f"{demo_row.payload:,} B, {demo_s:.0f} s",
         ),
         (
-            "int8: loss ≤ 0.5 point, ≥ 1.7x faster than fp32",
-            int8_loss <= INT8_LOSS_GOAL and speedup >= INT8_SPEEDUP_GOAL,
+            f"int8: loss ≤ 0.5 point, ≥ {speed_goal:g}x faster than fp32 on this CPU ({isa}; 1.7x is the goal only "
+            "with VNNI or ARM dot-product, 1.25x on AVX2)",
+            int8_loss <= INT8_LOSS_GOAL and speedup >= speed_goal,
             f"loss {int8_loss * 100:+.2f} points, {speedup:.2f}x ({at64[0]:.2f} → {at64[1]:.2f} ms, 64 px, batch 1, "
             "timed side by side)",
         ),
@@ -377,14 +359,20 @@ def main() -> int:
         f"trained demo's indices cost {st['index_entropy_bits_per_weight']:.2f} bits, so the initialised figure is "
         "not an upper bound; it shows what the encoding costs for a 1000-class SqueezeNet 1.0 at this density.",
         f"int8 at 224 px (same demo weights, batch 1, one thread): fp32 {at224[0]:.2f} ms, int8 {at224[1]:.2f} ms, "
-        f"{at224[0] / at224[1]:.2f}x. CPU vector extensions here: {_isa()}; ONNX Runtime's x86 int8 kernels gain "
+        f"{at224[0] / at224[1]:.2f}x. CPU vector extensions here: {isa}; ONNX Runtime's x86 int8 kernels gain "
         "most with VNNI (on an AVX-512 VNNI machine the same measurement gave 1.45x at 64 px and 1.90x at 224 px).",
         f"Demo accuracy by stage: {_stages(demo_rep)}.",
         f"Delta v2: {v2_rep['accuracy']['final']:.2%} val accuracy; v1 {demo_rep['accuracy']['final']:.2%}.",
         f"Total benchmark time {elapsed:.0f} s.",
     ]
+    verdicts += digits_verdicts
     body = "\n".join(
-        lines + [""] + [f"- verdict ({g}): {'PASS' if ok else 'FAIL'} — {why}" for g, ok, why in verdicts] + notes
+        lines
+        + [""]
+        + digits_lines
+        + [""]
+        + [f"- verdict ({g}): {'PASS' if ok else 'FAIL'} — {why}" for g, ok, why in verdicts]
+        + notes
     )
     print(body)
     parent_note = ", ".join(f"{a} {_train_args(p)} ({p})" for a, p in given.items() if p is not None)
@@ -393,15 +381,6 @@ def main() -> int:
     if not args.no_write:
         write_section("compression", body)
     return 0 if all(ok for _g, ok, _w in verdicts) else 1
-
-
-def _isa() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
-    return ", ".join(have) + ("" if {"avx512_vnni", "avx_vnni"} & flags else " (no VNNI)")
 
 
 def _train_args(run: Path) -> str:

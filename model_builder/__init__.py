@@ -2,10 +2,10 @@
 
 Public face: the command line (:func:`main`), the SqueezeNet family (:class:`SqueezeNet`,
 :class:`SqueezeNetConfig`, :func:`squeezenet1_0`, :func:`squeezenet1_1`), the entry points of the
-steps (:func:`make_shapes_dataset`, :func:`compress_run`, :func:`quantize_int8`, :func:`export_run`,
-:func:`export_bytes`, :func:`build_artifact`) with their configurations and results, the checkpoint
-reader and the error tree of :mod:`model_builder.errors`. The commands live in
-:mod:`model_builder.commands`.
+steps (:func:`make_shapes_dataset`, :func:`make_digits_dataset`, :func:`compress_run`,
+:func:`quantize_int8`, :func:`export_run`, :func:`export_bytes`, :func:`build_artifact`) with their
+configurations and results, the checkpoint reader and the error tree of :mod:`model_builder.errors`.
+The commands live in :mod:`model_builder.commands`.
 
 Three entry points share their module's name and are used from it, not from here:
 ``model_builder.train.train``, ``model_builder.explore.explore`` and
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from .cli import main
     from .compress import CompressConfig, CompressResult, compress_run, quantize_int8
     from .data import make_shapes_dataset
+    from .digits import make_digits_dataset
     from .errors import (
+        AccuracyLossError,
         BuilderError,
         CommandError,
         CompressError,
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "main": ".cli",
+    "AccuracyLossError": ".errors",
     "BuilderError": ".errors",
     "CommandError": ".errors",
     "CompressError": ".errors",
@@ -63,6 +66,7 @@ _WHERE = {
     "squeezenet1_0": ".squeezenet",
     "squeezenet1_1": ".squeezenet",
     "make_shapes_dataset": ".data",
+    "make_digits_dataset": ".digits",
     "TrainConfig": ".train",
     "TrainResult": ".train",
     "model_from_checkpoint": ".train",
@@ -79,6 +83,7 @@ _WHERE = {
     "PublishResult": ".publish",
 }
 __all__ = [
+    "AccuracyLossError",
     "BuilderError",
     "Checkpoint",
     "CommandError",
@@ -105,6 +110,7 @@ __all__ = [
     "export_run",
     "load_checkpoint",
     "main",
+    "make_digits_dataset",
     "make_shapes_dataset",
     "model_from_checkpoint",
     "quantize_int8",

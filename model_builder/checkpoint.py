@@ -59,6 +59,7 @@ class CheckpointMetrics(TypedDict, total=False):
     accuracy_before: float  # the parent's validation accuracy, re-measured on the same split
     parent_val_loss: float
     payload_bytes: int
+    finetune_steps: int  # optimizer steps of every fine-tuning stage of the compression together
 
 
 class Checkpoint(TypedDict):

@@ -17,7 +17,8 @@ are `artifact.ArtifactError`s and keep that type.
     ├── PublishError     server refused the artifact or could not be reached
     ├── ExploreError     a design-space sweep that cannot run
     └── CompressError    compression cannot start or its result failed a check
-        └── QuantizeError    ONNX Runtime's quantizer refused the model
+        ├── QuantizeError    ONNX Runtime's quantizer refused the model
+        └── AccuracyLossError   the result lost more accuracy than --max-loss allows (nothing written)
 """
 
 from __future__ import annotations
@@ -65,3 +66,7 @@ class CompressError(BuilderError):
 
 class QuantizeError(CompressError):
     """ONNX Runtime's quantizer refused the model."""
+
+
+class AccuracyLossError(CompressError):
+    """The compressed model fell more than ``--max-loss`` points below its parent; nothing was written."""

@@ -6,7 +6,7 @@ import argparse
 import warnings
 from typing import Any
 
-from model_builder.compress.config import METHODS, CompressConfig
+from model_builder.compress.config import DEFAULT_FINETUNE_EPOCHS, METHODS, MIN_FINETUNE_STEPS, CompressConfig
 from model_builder.compress.pipeline import compress_run
 from model_builder.compress.quantize import ACTIVATION_TYPES
 from model_builder.data import DataWarning
@@ -35,10 +35,26 @@ def register(subparsers: Any) -> None:
         help="kmeans: bits per shared weight, 2-8 (2^bits values per layer, 0 included); required unless --init-from",
     )
     p.add_argument(
+        "--finetune-steps",
+        type=int,
+        metavar="S",
+        help="S optimizer steps of masked fine-tuning (pruning in the first third), S/3 for codebooks (default: "
+        f"{3 * DEFAULT_FINETUNE_EPOCHS} epochs' worth, at least {MIN_FINETUNE_STEPS} steps, so small data sets get "
+        "enough updates)",
+    )
+    p.add_argument(
         "--finetune-epochs",
         type=int,
-        default=d.finetune_epochs,
-        help=f"N: 3N masked fine-tuning epochs (pruning in the first N), N for codebooks (default {d.finetune_epochs})",
+        metavar="N",
+        help="instead of --finetune-steps: 3N epochs of masked fine-tuning, N for codebooks (no floor)",
+    )
+    p.add_argument(
+        "--max-loss",
+        type=float,
+        default=d.max_loss,
+        metavar="POINTS",
+        help="refuse (exit non-zero, write nothing) when the result is more than POINTS of validation accuracy "
+        f"below the parent (default {d.max_loss:g})",
     )
     p.add_argument(
         "--prune-steps",
@@ -92,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
         method=args.method,
         density=args.density,
         bits=args.bits,
+        finetune_steps=args.finetune_steps,
         finetune_epochs=args.finetune_epochs,
+        max_loss=args.max_loss,
         prune_steps=args.prune_steps,
         rate_weight=args.rate_weight,
         data=args.data,

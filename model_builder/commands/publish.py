@@ -37,7 +37,7 @@ def _spec(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def _plan(args: argparse.Namespace) -> RolloutPlan | None:
+def rollout_plan(args: argparse.Namespace) -> RolloutPlan | None:
     """The rollout the flags ask for, checked before anything is uploaded; None without --rollout."""
     if args.rollout is None:
         given = [f"--{name.replace('_', '-')}" for name in ROLLOUT_ONLY if getattr(args, name) not in (None, [], False)]
@@ -66,23 +66,28 @@ def _plan(args: argparse.Namespace) -> RolloutPlan | None:
     )
 
 
+def start_rollout(file: Path, server: str, token: str, plan: RolloutPlan, retries: int) -> str:
+    """Start the rollout of the artifact ``file`` just uploaded; returns the server's answer as a sentence."""
+    manifest = parse_manifest(read_artifact(file.read_bytes()).manifest_bytes)
+    try:
+        rollout = create_rollout(server, token, manifest.model, manifest.version, plan, retries=retries)
+    except PublishError as e:
+        raise CommandError(f"uploaded v{manifest.version} of {manifest.model}; the rollout was refused: {e}") from e
+    return rollout.message
+
+
 def _publish(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("OTA_ADMIN_TOKEN")
     if not token:
         raise CommandError("no token: pass --token or set OTA_ADMIN_TOKEN")
     if not args.file.is_file():
         raise CommandError(f"artifact {args.file} does not exist")
-    plan = _plan(args)
+    plan = rollout_plan(args)
     result = publish(args.file, args.server, token, retries=args.retries, progress=not args.quiet)
     print(result.message, flush=True)
     if plan is None:
         return 0
-    manifest = parse_manifest(read_artifact(args.file.read_bytes()).manifest_bytes)
-    try:
-        rollout = create_rollout(args.server, token, manifest.model, manifest.version, plan, retries=args.retries)
-    except PublishError as e:
-        raise CommandError(f"uploaded v{manifest.version} of {manifest.model}; the rollout was refused: {e}") from e
-    print(rollout.message)
+    print(start_rollout(args.file, args.server, token, plan, args.retries))
     return 0
 
 
@@ -98,6 +103,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--token", default=None, help="admin token (default: $OTA_ADMIN_TOKEN)")
     p.add_argument("--retries", type=int, default=4, help="retries on connection errors and 5xx (default 4)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_rollout_arguments(p)
+    p.set_defaults(func=_publish)
+
+
+def add_rollout_arguments(p: argparse.ArgumentParser) -> None:
+    """The rollout flags, shared by `publish` and `pipeline` (read back with :func:`rollout_plan`)."""
     r = p.add_argument_group("rollout (after the upload)")
     r.add_argument(
         "--rollout",
@@ -133,4 +144,3 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r.add_argument(
         "--no-auto-advance", action="store_true", help="a stage that passes waits for an operator's `advance`"
     )
-    p.set_defaults(func=_publish)

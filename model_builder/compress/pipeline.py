@@ -33,9 +33,10 @@ import torch
 import artifact as A
 from model_builder.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointMetrics, load_checkpoint, save_checkpoint
 from model_builder.compress import prune, share
-from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressResult
+from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressResult, schedule
 from model_builder.compress.encode import encode_onnx
 from model_builder.compress.finetune import calibration_images, evaluate_onnx
+from model_builder.compress.outcome import check_loss, staged_output
 from model_builder.compress.quantize import quantize_int8
 from model_builder.compress.report import format_report, layer_stats, ort_timing, stream_report
 from model_builder.compress.stages import Stage, prune_stage, share_stage
@@ -103,17 +104,21 @@ def _export_bytes(model: torch.nn.Module, size: int, metadata: dict[str, str]) -
 def compress_run(cfg: CompressConfig, log: Callable[[str], None] = print) -> CompressResult:
     """Compress the run ``cfg.run`` into ``cfg.out`` (see module doc); raises :class:`CompressError`."""
     cfg.check()
-    started = time.perf_counter()
+    started = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _compress(cfg, log, started)
+        with staged_output(Path(cfg.out)) as stage:
+            return _compress(cfg, stage, log, started)
     finally:
         torch.set_num_threads(threads)
 
 
-def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -> CompressResult:
+def _compress(
+    cfg: CompressConfig, out: Path, log: Callable[[str], None], started: tuple[float, float]
+) -> CompressResult:
+    """Compress into ``out`` (the staging directory that becomes ``cfg.out`` once this returns)."""
     try:
         ckpt = load_checkpoint(cfg.run)
     except TrainError as e:
@@ -135,10 +140,9 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     if cfg.density is not None:
         density = cfg.density
     train_set, val_set = _datasets(cfg, ckpt)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    st = Stage(train_set, val_set, torch.Generator().manual_seed(cfg.seed), cfg, log)
+    plan = schedule(cfg, len(train_set))
+    st = Stage(train_set, val_set, torch.Generator().manual_seed(cfg.seed), cfg, plan, log)
     phases: dict[str, float] = {}
     acc: dict[str, float] = {}
     what = f"{bits} bits" if cfg.method == "kmeans" else "int8"
@@ -184,6 +188,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
         val_loss, acc["final"], _ = evaluate_onnx(onnx_bytes, val_set, cfg.batch_size)
         log(f"int8 in ONNX Runtime: val accuracy {acc['final']:.2%}")
     phases["share_s" if cfg.method == "kmeans" else "quantize_s"] = time.perf_counter() - t0
+    check_loss(cfg, acc["fp32"], acc["final"], bits, density, plan, masks is not None)
 
     t0 = time.perf_counter()
     write_atomic(out / "model.onnx", onnx_bytes)
@@ -196,9 +201,20 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
             raise CompressError(f"the encoded model does not reproduce the compressed PyTorch model: {e}") from e
         log(f"encoded ONNX matches the compressed PyTorch model on {len(inputs)} val images: max |diff| {diff:.1e}")
     report = _report(cfg, bits, density, acc, parent_onnx, onnx_bytes, size)
+    report["schedule"] = {
+        "rule": plan.rule,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "batch_size": cfg.batch_size,
+        "train_images": len(train_set),
+        "masked_steps": st.steps_run.get("masked fine-tune", 0),
+        "codebook_steps": st.steps_run.get("centroid fine-tune", 0),
+        "prune_rounds": cfg.prune_steps if "masked fine-tune" in st.steps_run else 0,
+    }
+    report["max_loss"] = cfg.max_loss
     phases["check_s"] = time.perf_counter() - t0
     report["phases"] = phases
-    report["seconds"] = time.perf_counter() - started
+    report["seconds"] = time.perf_counter() - started[0]
+    report["cpu_seconds"] = time.process_time() - started[1]  # on a shared machine: what an idle one would take
     comp: dict[str, Any] = {
         "format": COMPRESSION_FORMAT,
         "method": cfg.method,
@@ -223,6 +239,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     metrics["accuracy_before"] = acc["fp32"]
     metrics["parent_val_loss"] = fp32_loss
     metrics["payload_bytes"] = report["size"]["compressed"]["payload_bytes"]
+    metrics["finetune_steps"] = sum(st.steps_run.values())
     new_ckpt: Checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "model": ckpt["model"],
@@ -238,7 +255,7 @@ def _compress(cfg: CompressConfig, log: Callable[[str], None], started: float) -
     if (parent_dir / "samples.npz").is_file():
         shutil.copyfile(parent_dir / "samples.npz", out / "samples.npz")
     write_atomic(out / "compression.json", (json.dumps(report, indent=2) + "\n").encode())
-    return CompressResult(out, report, format_report(report))
+    return CompressResult(Path(cfg.out), report, format_report(report))
 
 
 def _report(

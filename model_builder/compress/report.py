@@ -128,6 +128,21 @@ def format_report(report: dict[str, Any]) -> str:
         f"compressed {report['parent']} -> {report['out']}: {cfg['method']}"
         + (f", {cfg['bits']} bits" if cfg["method"] == "kmeans" else ", int8 QDQ")
         + f", density {report['achieved']['density']:.1%} in {report['seconds']:.0f} s",
+    ]
+    sched = report.get("schedule")
+    if sched:
+        per = sched["steps_per_epoch"]
+        lines.append(
+            f"fine-tuning: {sched['masked_steps']:,} masked steps ({sched['masked_steps'] / per:.1f} epochs, "
+            f"{sched['prune_rounds']} pruning round(s)) + {sched['codebook_steps']:,} codebook steps "
+            f"({sched['codebook_steps'] / per:.1f} epochs) of {sched['batch_size']} images; "
+            f"{sched['train_images']:,} training images, {per} steps an epoch; chosen by {sched['rule']}"
+        )
+    loss = (acc["fp32"] - acc["final"]) * 100
+    change = f"{loss:.2f} points lost" if loss > 0 else f"{-loss:.2f} points gained"
+    lines += [
+        f"accuracy: {acc['fp32']:.2%} fp32 parent -> {acc['final']:.2%} compressed ({change}; "
+        f"--max-loss {report.get('max_loss', float('nan')):g})",
         "",
         "| stage | val accuracy |",
         "| --- | ---: |",

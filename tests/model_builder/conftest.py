@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,3 +65,56 @@ def run_training(data: Path, out: Path, **kwargs: object) -> TrainResult:
 def trained_run(colours: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """A short real training run (6 epochs, a few seconds); export and fine-tuning start from it."""
     return run_training(colours, tmp_path_factory.mktemp("run"), epochs=6, seed=0)
+
+
+class OtaStub:
+    """Just enough of the server on 127.0.0.1: the upload answers 201, `POST /v1/rollouts` answers
+    what the test sets (by default 201 with the rollout, as DESIGN.md's contract has it)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.rollout_answer: tuple[int, dict[str, Any]] | None = (201, {"id": 7, "state": "running", "stage": 0})
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                stub.requests.append((self.command, self.path, headers, body))
+                if self.path.endswith("/versions"):
+                    status, answer = 201, {"model": "shapes", "version": 3}
+                elif self.path == "/v1/rollouts" and stub.rollout_answer is None:
+                    self.close_connection = True  # no answer at all
+                    return
+                elif self.path == "/v1/rollouts":
+                    status, answer = stub.rollout_answer
+                else:
+                    status, answer = 404, {"detail": "no such endpoint"}
+                data = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json" if status < 400 else "application/problem+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, path, _, body in self.requests if path == "/v1/rollouts"]
+
+    def uploads(self) -> int:
+        return sum(1 for _, path, _, _ in self.requests if path.endswith("/versions"))
+
+
+@pytest.fixture()
+def stub() -> Iterator[OtaStub]:
+    server = OtaStub()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()

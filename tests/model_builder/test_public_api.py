@@ -12,6 +12,7 @@ import model_builder
 from model_builder.errors import BuilderError
 
 PUBLIC = {
+    "AccuracyLossError",
     "BuilderError",
     "Checkpoint",
     "CommandError",
@@ -38,6 +39,7 @@ PUBLIC = {
     "export_run",
     "load_checkpoint",
     "main",
+    "make_digits_dataset",
     "make_shapes_dataset",
     "model_from_checkpoint",
     "quantize_int8",
