@@ -95,17 +95,8 @@ class Credentials:
 
 def token_lifetime(value: Any) -> float | None:
     """The server's `expires_in`, clamped to :data:`TOKEN_LIFETIME_BOUNDS`; None for anything that is not
-    a positive finite number (an older server sends none: its tokens never expire)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return None
-    try:
-        seconds = float(value)
-    except OverflowError:
-        return None
-    if not math.isfinite(seconds) or seconds <= 0:
-        return None
-    low, high = TOKEN_LIFETIME_BOUNDS
-    return min(max(seconds, low), high)
+    a positive number (an older server sends none: its tokens never expire)."""
+    return _clamped(value, TOKEN_LIFETIME_BOUNDS)
 
 
 def _token_answer(data: Any, what: str) -> tuple[str, float | None]:
@@ -181,6 +172,11 @@ def poll_interval(value: Any) -> float | None:
     """The server's `poll_interval`, clamped to :data:`POLL_INTERVAL_BOUNDS` (Infinity would mean
     never again); None (keep the one in use) for anything that is not a positive number (NaN would
     poll without pause). Neither may reach the persisted record."""
+    return _clamped(value, POLL_INTERVAL_BOUNDS)
+
+
+def _clamped(value: Any, bounds: tuple[float, float]) -> float | None:
+    """A JSON number of seconds within `bounds` (Infinity is the upper bound); None if not a positive number."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return None
     try:
@@ -189,7 +185,7 @@ def poll_interval(value: Any) -> float | None:
         seconds = math.inf
     if math.isnan(seconds) or seconds <= 0:
         return None
-    low, high = POLL_INTERVAL_BOUNDS
+    low, high = bounds
     return min(max(seconds, low), high)
 
 
