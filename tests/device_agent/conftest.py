@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -110,17 +111,26 @@ def make_config(tmp_path: Path, key: A.SigningKey, server: FakeServer) -> Callab
     return build
 
 
-@pytest.fixture()
-def run_agent(make_config: Callable[..., AgentConfig]) -> Iterator[Callable[..., AgentThread]]:
-    """Start agents (stopped at the end of the test, even when it fails)."""
+@contextlib.contextmanager
+def agent_starter(make_config: Callable[..., AgentConfig]) -> Iterator[Callable[..., AgentThread]]:
+    """`start(...)` runs an agent of `make_config(...)`; every agent started is stopped on leaving."""
     started: list[AgentThread] = []
 
-    def start(**overrides: Any) -> AgentThread:
-        runner = AgentThread(make_config(**overrides)).start()
+    def start(*args: Any, **overrides: Any) -> AgentThread:
+        runner = AgentThread(make_config(*args, **overrides)).start()
         started.append(runner)
         return runner
 
-    yield start
-    for runner in started:
-        if runner._thread.is_alive():
-            runner.stop()
+    try:
+        yield start
+    finally:
+        for runner in started:
+            if runner._thread.is_alive():
+                runner.stop()
+
+
+@pytest.fixture()
+def run_agent(make_config: Callable[..., AgentConfig]) -> Iterator[Callable[..., AgentThread]]:
+    """Start agents (stopped at the end of the test, even when it fails)."""
+    with agent_starter(make_config) as start:
+        yield start

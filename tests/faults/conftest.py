@@ -19,7 +19,7 @@ import pytest
 import artifact as A
 from device_agent import AgentConfig
 from device_agent.fsutil import Disk
-from tests.device_agent.conftest import AgentThread
+from tests.device_agent.conftest import AgentThread, agent_starter
 from tests.device_agent.conftest import agent_config as device_agent_config
 from tests.device_agent.fakeserver import FakeServer
 from tests.device_agent.models import Release, make_release
@@ -102,18 +102,12 @@ def device_dir(prepared: Path, tmp_path: Path) -> Path:
 @pytest.fixture()
 def start_agent(fault_server: FakeServer, signing_key: A.SigningKey) -> Iterator[Callable[..., AgentThread]]:
     """Start an in-process agent on a directory (stopped at the end of the test)."""
-    started: list[AgentThread] = []
     fault_server.events.clear()  # each fault judged on its own events
     fault_server.requests.clear()
 
-    def start(model_dir: Path, *, disk: Disk | None = None, **overrides: Any) -> AgentThread:
-        config = agent_config(fault_server, signing_key, model_dir, disk=disk or Disk(), **overrides)
-        runner = AgentThread(config).start()
-        started.append(runner)
-        return runner
+    def config(model_dir: Path, *, disk: Disk | None = None, **overrides: Any) -> AgentConfig:
+        return agent_config(fault_server, signing_key, model_dir, disk=disk or Disk(), **overrides)
 
-    yield start
-    for runner in started:
-        if runner._thread.is_alive():
-            runner.stop()
+    with agent_starter(config) as start:
+        yield start
     fault_server.target = None
