@@ -81,6 +81,7 @@ class Knobs:
 
 def main() -> int:
     procs: Processes | None = None
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill` stops every process the demo started, as Ctrl-C does
     try:
         k = Knobs()
         if k.work.exists():
@@ -96,6 +97,10 @@ def main() -> int:
     finally:
         if procs is not None:
             procs.stop_all()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def story(k: Knobs, procs: Processes) -> int:
@@ -204,7 +209,7 @@ def story(k: Knobs, procs: Processes) -> int:
     package("run-v2", 2, "shapes-v2.otam", "--parent-version", "1")
     publish(mb, work / "shapes-v2.otam", url, admin, [])
     wait_for("the server's delta v1 → v2", lambda: api.delta_length(2, 1) is not None, 120, procs)
-    print(f"    the server built the delta v1 → v2: {api.delta_length(2, 1):,} B", flush=True)
+    print(f"    the server built the delta v1 → v2: {api.delta_length(2, 1):,} B; rolling v2 out", flush=True)
     publish(mb, work / "shapes-v2.otam", url, admin, staged)
     v2 = watch_rollout(api, 2, {"completed", "paused", "aborted"}, 900, procs)
     if v2["state"] != "completed":
@@ -245,8 +250,11 @@ def story(k: Knobs, procs: Processes) -> int:
     print(f"Try: curl -s -H 'Authorization: Bearer {admin}' {url}/v1/rollouts/{v3['id']}")
     print(f"Ops dashboard: open {url}/ and sign in with the admin token {admin}")
     print("Press Ctrl-C to stop every process the demo started.", flush=True)
-    signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    return 0 if ok else 1
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0 if ok else 1
 
 
 if __name__ == "__main__":

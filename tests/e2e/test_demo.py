@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def _compress_has_max_loss() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 15 min measured at a load average of 20 (other sessions' suites beside it)
 def test_demo_ships_compressed_v1_then_v2_as_a_small_delta_and_the_latency_gate_halts_v3(tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -48,11 +50,20 @@ def test_demo_ships_compressed_v1_then_v2_as_a_small_delta_and_the_latency_gate_
     }
     if _compress_has_max_loss():
         env["DEMO_MAX_LOSS"] = "100"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "demo.py")], env=env, capture_output=True, text=True, timeout=1800
+    demo = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "demo.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
-    out = done.stdout
+    try:
+        out, err = demo.communicate(timeout=1700)
+    except subprocess.TimeoutExpired:
+        demo.send_signal(signal.SIGINT)  # the demo stops the server, agent and fleet it started
+        out, err = demo.communicate(timeout=60)
+        pytest.fail("the demo did not finish within 1,700 s:\n" + out[-4000:] + err[-3000:])
+    assert demo.returncode == 0, out[-4000:] + err[-3000:]
     assert "failed requests = 0" in out
     assert "versions seen [1, 2]" in out  # the client saw the swap to v2 happen under load
     assert "gate:latency_p95_ratio" in out  # the summary says why v3 stopped
