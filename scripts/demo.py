@@ -54,7 +54,7 @@ class Knobs:
         self.per_class = env_int("DEMO_PER_CLASS", 400)
         self.size = env_int("DEMO_IMAGE_SIZE", 0)
         self.epochs = env_int("DEMO_EPOCHS", 20)
-        self.compress_epochs = env_int("DEMO_COMPRESS_EPOCHS", 0)  # 0: compress's own schedule (it holds the loss)
+        self.compress_epochs = env_int("DEMO_COMPRESS_EPOCHS", 0)  # 0: compress's own schedule
         self.ft_epochs = env_int("DEMO_FT_EPOCHS", 2)
         self.v2_compress_epochs = env_int("DEMO_V2_COMPRESS_EPOCHS", 1)
         self.v3_epochs = env_int("DEMO_V3_EPOCHS", 2)
@@ -112,17 +112,8 @@ def story(k: Knobs, procs: Processes) -> int:
 
     say(f"1/8 generating the shapes data set ({k.per_class} images per class) and training SqueezeNet 1.1 in fp32 "
         f"({k.epochs} epochs) in {work}")  # fmt: skip
-    dataset = [
-        *mb,
-        "make-dataset",
-        "shapes",
-        "--out",
-        str(work / "data"),
-        "--seed",
-        "0",
-        "--per-class",
-        str(k.per_class),
-    ]
+    dataset = [*mb, "make-dataset", "shapes", "--out", str(work / "data"), "--seed", "0",
+               "--per-class", str(k.per_class)]  # fmt: skip
     run(dataset + (["--size", str(k.size)] if k.size else []))
     train = [*mb, "train", "--data", str(work / "data"), "--seed", "0", *sized]
     alone = k.thread_flags(beside_fleet=False)
