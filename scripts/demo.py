@@ -17,7 +17,7 @@
   8. print a summary (fp32 vs compressed: size on the air and accuracy; v2's delta; each rollout); keep the
      server and the agent running until Ctrl-C (or exit at once with DEMO_EXIT=1)
 
-Knobs (environment): DEMO_DIR (./demo-data), DEMO_PORT (8000), DEMO_FLEET (50), DEMO_PER_CLASS (400),
+Knobs (environment): DEMO_DIR (./demo-data), DEMO_PORT (8000), DEMO_FLEET (50), DEMO_PER_CLASS (500),
 DEMO_EPOCHS (fp32 training), DEMO_COMPRESS_EPOCHS (v1's `compress --finetune-epochs`; default: compress's
 own schedule), DEMO_FT_EPOCHS (v2's fine-tune), DEMO_V2_COMPRESS_EPOCHS (v2's `compress --finetune-epochs`),
 DEMO_MAX_LOSS (passed to compress as `--max-loss` when set), DEMO_V3_EPOCHS (v3), DEMO_IMAGE_SIZE, DEMO_SOAK
@@ -51,9 +51,9 @@ class Knobs:
     def __init__(self) -> None:
         self.work = Path(os.environ.get("DEMO_DIR", ROOT / "demo-data")).resolve()
         self.fleet = env_int("DEMO_FLEET", 50)
-        self.per_class = env_int("DEMO_PER_CLASS", 400)
+        self.per_class = env_int("DEMO_PER_CLASS", 500)
         self.size = env_int("DEMO_IMAGE_SIZE", 0)
-        self.epochs = env_int("DEMO_EPOCHS", 20)
+        self.epochs = env_int("DEMO_EPOCHS", 30)  # 93.1 % here; 20 epochs of 400 per class: 72.5 %
         self.compress_epochs = env_int("DEMO_COMPRESS_EPOCHS", 0)  # 0: compress's own schedule
         self.ft_epochs = env_int("DEMO_FT_EPOCHS", 2)
         self.v2_compress_epochs = env_int("DEMO_V2_COMPRESS_EPOCHS", 1)
