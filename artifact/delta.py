@@ -14,6 +14,9 @@ tensor instead:
 3. Transformed tensors are split into byte planes per element width (all low bytes together, all
    high bytes together …) and each plane is zstd-compressed on its own, so that the near-constant
    sign/exponent planes cost almost nothing and the noisy mantissa planes get their own tables.
+4. A tensor of which only a few words are non-zero after step 2 (a small correction) is sent
+   sparse instead (`_sparse`): Golomb-Rice coded positions and the non-zero values — when that is
+   smaller, per tensor and for the delta as a whole (format version 2; see docs/architecture.md).
 
 A model that cannot be parsed, or one with nothing in common, degrades gracefully: with no tensor
 matched, the format is a zstd stream of the new file against the old one, about the size of the
@@ -139,7 +142,8 @@ def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9, 
     encoder = _Encoder(old, new, old_spans, new_spans)
     matches = [encoder.match(n) for n in range(len(new_spans))]
 
-    index, derived, sparse_entries = [], [], []
+    index, derived = [], []
+    sparse_words: dict[int, np.ndarray] = {}  # entry → coded words that are cheaper sent sparse
     groups: dict[int, list[tuple[int, np.ndarray]]] = {}  # element width → (entry, coded words)
     prev_end = 0
     for n, (span, m) in enumerate(zip(new_spans, matches, strict=True)):
@@ -149,28 +153,28 @@ def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9, 
         if m.coded is not None:
             groups.setdefault(m.elem, []).append((n, m.coded))
             if sparse and _sparse.choose(m.coded, m.elem, data_level):
-                sparse_entries.append(n)
+                sparse_words[n] = m.coded
         if m.row is not None:
             derived.append((n, *m.row))
     derived.sort(key=lambda row: matches[row[0]].method != PRODUCT)  # products first: PRED may need them
 
-    header = struct.pack(">II", len(index), len(derived))
+    counts = struct.pack(">II", len(index), len(derived))
     skeleton = compress(_skeleton(new, new_spans), level, _skeleton(old, old_spans) or None)
 
-    def body(sparse_set: set[int]) -> bytes:
-        """Index, skeleton and data with the entries in `sparse_set` in the sparse section."""
-        rows = [(g, ln, m | SPARSE if n in sparse_set else m, e, r) for n, (g, ln, m, e, r) in enumerate(index)]
-        dense = {e: [w for n, w in ws if n not in sparse_set] for e, ws in groups.items()}
+    def body(chosen: dict[int, np.ndarray]) -> bytes:
+        """Index, skeleton and data, with the entries in `chosen` in the sparse section."""
+        rows = [(g, ln, m | SPARSE if n in chosen else m, e, r) for n, (g, ln, m, e, r) in enumerate(index)]
+        dense = {e: [w for n, w in ws if n not in chosen] for e, ws in groups.items()}
         planes = [p for e in sorted(dense) if dense[e] for p in byte_planes(np.concatenate(dense[e]), e)]
         sections = [compress(_columns(rows, _COLUMNS) + _columns(derived, _DERIVED_COLUMNS), level), skeleton]
-        out = header + b"".join(U32.pack(len(s)) + s for s in sections) + plane_frames(planes, data_level)
-        if sparse_set:
-            out += _sparse.section([_sparse.split(matches[n].coded) for n in sorted(sparse_set)], data_level)  # type: ignore[arg-type]
+        out = counts + b"".join(U32.pack(len(s)) + s for s in sections) + plane_frames(planes, data_level)
+        if chosen:
+            out += _sparse.section([_sparse.split(chosen[n]) for n in sorted(chosen)], data_level)
         return out
 
-    version, data = 1, body(set())
-    if sparse_entries:  # the per-tensor choice, kept only if the whole delta is smaller for it
-        with_sparse = body(set(sparse_entries))
+    version, data = 1, body({})
+    if sparse_words:  # the per-tensor choice, kept only if the whole delta is smaller for it
+        with_sparse = body(sparse_words)
         if len(with_sparse) < len(data):
             version, data = FORMAT_VERSION, with_sparse
     sums = hashlib.sha256(old).digest(), hashlib.sha256(new).digest()
