@@ -200,7 +200,7 @@ def _gc(settings: Settings, args: argparse.Namespace) -> int:
     storage = open_storage(settings)
     try:
         maintenance = Maintenance(db)
-        collector = StorageGC(db, storage, maintenance, grace_seconds=args.grace)
+        collector = StorageGC(db, storage, maintenance, grace_seconds=args.grace, orphan_seconds=args.orphan_age)
         retention = EventRetention(db, maintenance, days=args.retention_days)
         if args.dry_run:
             plan = collector.plan()
@@ -345,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--json", action="store_true", help="print the result as JSON")
     collect.add_argument(
         "--grace", type=_non_negative, default=None, metavar="SECONDS", help="default: OTA_GC_GRACE_SECONDS (86400)"
+    )
+    collect.add_argument(
+        "--orphan-age",
+        type=_non_negative,
+        default=3600,
+        metavar="SECONDS",
+        help="delete a blob no version or delta names only once this old (default 3600)",
     )
     collect.add_argument(
         "--retention-days", type=_positive, default=None, metavar="DAYS", help="default: OTA_EVENT_RETENTION_DAYS (30)"

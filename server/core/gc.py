@@ -45,6 +45,7 @@ from .lifecycle import Plan, plan_collection
 log = logging.getLogger("ota.gc")
 LEASE = "gc"
 LEASE_SECONDS = 600.0
+ORPHAN_SECONDS = 3600.0  # a blob no row names is deleted only this old: a publish or delta build writes it first
 BLOB_BATCH = 50  # blobs deleted per transaction: the blob lock is held for one batch only
 
 Progress = Callable[[str], None]
@@ -102,24 +103,33 @@ class Maintenance:
 
 
 class StorageGC:
-    def __init__(self, db: Database, storage: Storage, maintenance: Maintenance, *, grace_seconds: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        storage: Storage,
+        maintenance: Maintenance,
+        *,
+        grace_seconds: float,
+        orphan_seconds: float = ORPHAN_SECONDS,
+    ) -> None:
         self.db = db
         self.storage = storage
         self.maintenance = maintenance
         self.grace = timedelta(seconds=grace_seconds)
+        self.orphan_age = timedelta(seconds=orphan_seconds)
 
     def plan(self, now: datetime | None = None) -> Plan:
         """What a run would do now (writes nothing: the dry run)."""
         listing = list(self.storage.list_blobs())
         with self.db.session() as session:
             facts = data.load_facts(session)
-        return plan_collection(facts, listing, now=now or utcnow(), grace=self.grace)
+        return plan_collection(facts, listing, now=now or utcnow(), grace=self.grace, orphan_age=self.orphan_age)
 
     def sweep(self, progress: Progress = lambda _: None) -> SweepResult:
         """Mark, collect and delete (the caller holds the lease: :meth:`Maintenance.lease`)."""
         with self.db.session() as session:
             now = utcnow()
-            plan = plan_collection(data.load_facts(session), (), now=now, grace=self.grace)
+            plan = plan_collection(data.load_facts(session), (), now=now, grace=self.grace, orphan_age=self.orphan_age)
             data.mark_unneeded(session, version_ids=[v.facts.id for v in plan.versions if v.collectable], at=now)
             data.clear_unneeded(
                 session,
@@ -131,7 +141,9 @@ class StorageGC:
             self.maintenance.renew(session)
             data.lock_blobs(session, exclusive=True)
             now = utcnow()
-            plan = plan_collection(data.load_facts(session), listing, now=now, grace=self.grace)
+            plan = plan_collection(
+                data.load_facts(session), listing, now=now, grace=self.grace, orphan_age=self.orphan_age
+            )
             data.collect_versions(session, version_ids=[v.facts.id for v in plan.collect], at=now)
             data.collect_deltas(session, delta_ids=[d.facts.id for d in plan.deltas], at=now)
             session.commit()

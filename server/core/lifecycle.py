@@ -114,8 +114,13 @@ def judge_version(v: VersionFacts, facts: Facts) -> tuple[tuple[str, ...], str]:
     return tuple(needs), why
 
 
-def plan_collection(facts: Facts, listing: Iterable[BlobInfo], *, now: datetime, grace: timedelta) -> Plan:
-    """Judge every version, delta and stored blob (`listing`, taken before the facts were read)."""
+def plan_collection(
+    facts: Facts, listing: Iterable[BlobInfo], *, now: datetime, grace: timedelta, orphan_age: timedelta
+) -> Plan:
+    """Judge every version, delta and stored blob (`listing`, taken before the facts were read).
+
+    A blob no row names is deleted only once older than `orphan_age` (and the grace period): a
+    publish or a delta build in flight writes its blob before its row."""
     plan = Plan(now=now, grace=grace)
     gone: set[tuple[int, int]] = set()  # (model id, version) collected before or now
     for v in facts.versions:
@@ -162,7 +167,7 @@ def plan_collection(facts: Facts, listing: Iterable[BlobInfo], *, now: datetime,
             continue
         if blob.sha256 in dead:
             plan.blobs.append(BlobVerdict(blob.sha256, blob.size, dead[blob.sha256]))
-        elif blob.sha256 not in named and blob.modified <= now - grace:
+        elif blob.sha256 not in named and blob.modified <= now - max(grace, orphan_age):
             plan.blobs.append(BlobVerdict(blob.sha256, blob.size, "orphan: no version or delta names it"))
     plan.blobs.sort(key=lambda b: (b.why, b.sha256))
     return plan

@@ -121,7 +121,7 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     before = stored(env)
     assert keep < before and orphan in before
 
-    plan = gc(env, monkeypatch, capsys, "--dry-run", "--grace", "0")
+    plan = gc(env, monkeypatch, capsys, "--dry-run", "--grace", "0", "--orphan-age", "0")
     assert stored(env) == before, "a dry run deletes nothing"
     actions = {v["version"]: (v["action"], v["why"]) for v in plan["versions"]}
     assert {v for v, (action, _) in actions.items() if action == "collect"} == {2, 5}
@@ -136,7 +136,9 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     assert {v["version"] for v in marked["versions"] if v["action"] == "wait"} == {2, 5}
     assert marked["deleted_blobs"] == 0 and stored(env) == before
 
-    swept = gc(env, monkeypatch, capsys, "--grace", "0")
+    young = gc(env, monkeypatch, capsys, "--dry-run", "--grace", "0")  # the orphan is younger than an hour
+    assert {b["sha256"] for b in young["blobs"]} == before - keep - {orphan}
+    swept = gc(env, monkeypatch, capsys, "--grace", "0", "--orphan-age", "0")
     after = stored(env)
     assert after == keep, "exactly what the fleet, the rollout and the baseline need is left"
     assert swept["deleted_blobs"] == len(before - keep)
