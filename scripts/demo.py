@@ -63,6 +63,7 @@ class Knobs:
         self.rate, self.predict_rate = env_int("DEMO_RATE", 10), env_int("DEMO_PREDICT_RATE", 20)
         self.port = env_int("DEMO_PORT", 8000)
         self.threads = env_int("DEMO_THREADS", 0)
+        self.busy_at_start = os.getloadavg()[0] >= (os.cpu_count() or 1)  # others' load, before the demo's own
         self.exit_after = os.environ.get("DEMO_EXIT") == "1"
 
     def compress_flags(self, finetune_epochs: int, threads: list[str]) -> list[str]:
@@ -71,11 +72,13 @@ class Knobs:
 
     def thread_flags(self, beside_fleet: bool) -> list[str]:
         """`--threads` for torch: DEMO_THREADS if set; else 1 where the CPUs are already busy (beside the fleet,
-        or a load average at the core count), else torch's own choice (one per core). Two OpenMP threads on
-        2 busy cores starve each other: training measured 6 img/s with 2 threads vs 65 img/s with 1 at load 17."""
+        or others' load at the core count when the demo started: read later, the load average would count the
+        demo's own training and halve its compression's speed), else torch's own choice (one per core). Two
+        OpenMP threads on 2 busy cores starve each other: training measured 6 img/s with 2 threads vs 65 img/s
+        with 1 at load 17."""
         if self.threads:
             return ["--threads", str(self.threads)]
-        busy = beside_fleet or os.getloadavg()[0] >= (os.cpu_count() or 1)
+        busy = beside_fleet or self.busy_at_start
         return ["--threads", "1"] if busy else []
 
 
