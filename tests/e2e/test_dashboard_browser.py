@@ -154,6 +154,25 @@ def wait_for_path(driver: Any, path: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def follow(driver: Any, element: Any, path: str, timeout: float = 10) -> None:
+    """Click a link or submit button and wait until the next page has loaded at `path`.
+
+    Waiting on the URL alone is not enough when the answer comes back to the same path
+    (a form that posts and redirects to the page it was on): the old page's elements
+    would still be found and then go stale under the reader. So this waits for the old
+    document to be replaced first.
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    old = driver.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, timeout).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    wait_for_path(driver, path, timeout)
+
+
 def test_an_operator_signs_in_reads_the_fleet_pauses_the_rollout_filters_devices_and_signs_out(
     server: tuple[str, A.SigningKey], browser: Any
 ) -> None:
@@ -167,8 +186,7 @@ def test_an_operator_signs_in_reads_the_fleet_pauses_the_rollout_filters_devices
     wait_for_path(driver, "/login")
     shot(driver, "1-sign-in")
     driver.find_element(By.ID, "token").send_keys(ADMIN_TOKEN)
-    driver.find_element(By.ID, "sign-in").click()
-    wait_for_path(driver, "/")
+    follow(driver, driver.find_element(By.ID, "sign-in"), "/")
 
     fleet = httpx.get(f"{base}/v1/fleet", headers=ADMIN).json()["models"][0]
     bars = {
@@ -181,43 +199,35 @@ def test_an_operator_signs_in_reads_the_fleet_pauses_the_rollout_filters_devices
     assert driver.find_element(By.CSS_SELECTOR, "svg.chart rect").is_displayed()
     shot(driver, "2-fleet")
 
-    driver.find_element(By.CSS_SELECTOR, "a.rollout-link").click()
-    wait_for_path(driver, f"/rollouts/{rollout_id}")
+    follow(driver, driver.find_element(By.CSS_SELECTOR, "a.rollout-link"), f"/rollouts/{rollout_id}")
     assert driver.find_element(By.ID, "state").text == "running"
     assert len(driver.find_elements(By.CSS_SELECTOR, "tr.stage")) == 2
     shot(driver, "3-rollout")
     driver.find_element(By.ID, "reason-pause").send_keys("p95 latency spike on <lab> cameras")
-    driver.find_element(By.ID, "do-pause").click()
-    wait_for_path(driver, f"/rollouts/{rollout_id}")
+    follow(driver, driver.find_element(By.ID, "do-pause"), f"/rollouts/{rollout_id}")
     assert driver.find_element(By.ID, "state").text == "paused"
     assert driver.find_element(By.ID, "reason").text == "p95 latency spike on <lab> cameras"
     doc = httpx.get(f"{base}/v1/rollouts/{rollout_id}", headers=ADMIN).json()
     assert doc["state"] == "paused" and doc["reason"] == "p95 latency spike on <lab> cameras"
     shot(driver, "4-rollout-paused")
 
-    driver.find_element(By.LINK_TEXT, "Devices").click()
-    wait_for_path(driver, "/devices")
+    follow(driver, driver.find_element(By.LINK_TEXT, "Devices"), "/devices")
     driver.find_element(By.ID, "f-label").send_keys("site:lab")
-    driver.find_element(By.ID, "filter").click()
-    wait_for_path(driver, "/devices")
+    follow(driver, driver.find_element(By.ID, "filter"), "/devices")
     rows = [r.find_element(By.TAG_NAME, "a").text for r in driver.find_elements(By.CSS_SELECTOR, "tr.device")]
     assert rows == ["cam-1", "cam-2"]
     shot(driver, "5-devices-filtered")
-    driver.find_element(By.LINK_TEXT, "cam-1").click()
-    wait_for_path(driver, "/devices/cam-1")
+    follow(driver, driver.find_element(By.LINK_TEXT, "cam-1"), "/devices/cam-1")
     assert driver.find_element(By.ID, "installed").text == "v1"
     shot(driver, "6-device")
 
-    driver.find_element(By.LINK_TEXT, "Models").click()
-    wait_for_path(driver, "/models")
+    follow(driver, driver.find_element(By.LINK_TEXT, "Models"), "/models")
     assert len(driver.find_elements(By.CSS_SELECTOR, "tr.version")) == 2
     shot(driver, "7-models")
-    driver.find_element(By.LINK_TEXT, "Rollouts").click()
-    wait_for_path(driver, "/rollouts")
+    follow(driver, driver.find_element(By.LINK_TEXT, "Rollouts"), "/rollouts")
     shot(driver, "8-rollouts")
 
-    driver.find_element(By.ID, "sign-out").click()
-    wait_for_path(driver, "/login")
+    follow(driver, driver.find_element(By.ID, "sign-out"), "/login")
     driver.get(f"{base}/devices")
     wait_for_path(driver, "/login")  # the session is gone
     assert not driver.find_elements(By.CSS_SELECTOR, "tr.device")
