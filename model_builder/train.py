@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from model_builder.allocator import keep_freed_memory
 from model_builder.checkpoint import (
     CHECKPOINT_FORMAT,
     Checkpoint,
@@ -271,6 +272,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         raise TrainError("epochs and batch size must be >= 1 and the learning rate > 0")
     if cfg.image_size < 64:
         raise TrainError(f"image size {cfg.image_size} is below the 64 px SqueezeNet needs here")
+    keep_freed_memory()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)

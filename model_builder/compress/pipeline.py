@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import artifact as A
+from model_builder.allocator import keep_freed_memory
 from model_builder.checkpoint import CHECKPOINT_FORMAT, Checkpoint, CheckpointMetrics, load_checkpoint, save_checkpoint
 from model_builder.compress import prune, share
 from model_builder.compress.config import DEFAULT_DENSITY, CompressConfig, CompressResult, schedule
@@ -104,6 +105,7 @@ def _export_bytes(model: torch.nn.Module, size: int, metadata: dict[str, str]) -
 def compress_run(cfg: CompressConfig, log: Callable[[str], None] = print) -> CompressResult:
     """Compress the run ``cfg.run`` into ``cfg.out`` (see module doc); raises :class:`CompressError`."""
     cfg.check()
+    keep_freed_memory()
     started = time.perf_counter(), time.process_time()
     threads = torch.get_num_threads()
     if cfg.threads is not None:
