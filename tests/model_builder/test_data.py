@@ -49,6 +49,14 @@ def test_shapes_images_do_not_depend_on_how_many_are_written(tmp_path: Path) -> 
     assert all(large[k] == v for k, v in small.items())
 
 
+def test_shapes_drawn_by_several_processes_are_the_same_bytes_as_by_one(tmp_path: Path) -> None:
+    one = make_shapes_dataset(tmp_path / "one", per_class=12, size=48, seed=5, val_per_class=3, workers=1)
+    two = make_shapes_dataset(tmp_path / "two", per_class=12, size=48, seed=5, val_per_class=3, workers=2)
+    assert one == two == {"train": 120, "val": 30}
+    a, b = _digest(tmp_path / "one"), _digest(tmp_path / "two")
+    assert len(a) == 150 and a == b
+
+
 def test_shapes_vary_in_colour_and_position(tmp_path: Path) -> None:
     make_shapes_dataset(tmp_path, per_class=6, size=48, seed=0, val_per_class=1)
     images = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "train" / "circle").glob("*.png"))])
