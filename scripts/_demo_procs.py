@@ -100,6 +100,26 @@ def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def run_all(argvs: list[list[str]]) -> None:
+    """Run independent commands side by side, as many at once as there are cores; print their output in order.
+
+    Packaging four runs one after the other took 34 s on 2 cores, most of it each process importing torch.
+    """
+    waiting, running, done = list(argvs), [], []
+    while waiting or running:
+        while waiting and len(running) < (os.cpu_count() or 1):
+            argv = waiting.pop(0)
+            running.append((argv, subprocess.Popen(argv, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
+        argv, proc = running.pop(0)
+        out, err = proc.communicate()
+        done.append((argv, proc.returncode, out, err))
+    for argv, code, _out, err in done:
+        if code != 0:
+            raise DemoError(f"step failed ({code}): {' '.join(argv)}\n{err}")
+    for _argv, _code, out, _err in done:
+        print(out, end="", flush=True)
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Processes) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
