@@ -27,7 +27,7 @@ import httpx
 import torch
 
 import artifact as A
-from bench._report import write_section
+from bench._report import log, write_section
 from model_builder.export import export_bytes
 from model_builder.package import build_artifact
 from model_builder.squeezenet import squeezenet1_1
@@ -35,10 +35,6 @@ from model_builder.squeezenet import squeezenet1_1
 BIN = Path(sys.executable).parent
 LABELS = [f"class{i}" for i in range(10)]
 PREPROCESS = {"size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def export(model: torch.nn.Module) -> bytes:
