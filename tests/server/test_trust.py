@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 import artifact as A
 from tests.support import trust_keys, trust_root
@@ -64,9 +65,8 @@ def test_revoked_publisher_key_cannot_publish(
 
 @DATABASES
 def test_trust_uploads_refuse_rollback_skips_and_expired_documents(
-    env: Env, root_keys: list[A.SigningKey], other_key: A.SigningKey
+    client: TestClient, root_keys: list[A.SigningKey], other_key: A.SigningKey
 ) -> None:
-    client = env.client()
     r1, r2, r3 = root_keys
     assert_problem(client.put("/v1/trust/keys", content=b"{}"), 401)
     refused(client, "keys", trust_keys(1, [other_key], [r1]), 409, "trust-conflict")  # no root yet
@@ -92,9 +92,8 @@ def test_trust_uploads_refuse_rollback_skips_and_expired_documents(
 
 @DATABASES
 def test_root_rotation_serves_the_keys_document_only_once_the_new_root_signed_it(
-    env: Env, root_keys: list[A.SigningKey], other_key: A.SigningKey
+    client: TestClient, root_keys: list[A.SigningKey], other_key: A.SigningKey
 ) -> None:
-    client = env.client()
     r1, r2, _ = root_keys
     put(client, "root", trust_root(1, [r1], [r1]), 201)
     put(client, "keys", trust_keys(1, [other_key], [r1]), 201)
