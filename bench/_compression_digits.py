@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import artifact as A
-from bench._report import write_section
+from bench._report import log, write_section
 from model_builder.compress import CompressConfig, compress_run, evaluate_onnx
 from model_builder.data import load_datasets
 from model_builder.digits import make_digits_dataset
@@ -29,10 +28,6 @@ from model_builder.train import TrainConfig, load_checkpoint, model_from_checkpo
 MB = 1_000_000
 LOSS_GOAL, PAYLOAD_GOAL, SECONDS_GOAL = 1.0, 0.25 * MB, 600.0
 PARENT_EPOCHS = 30
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: write a result section into docs/benchmarks.md, replacing its old copy."""
+"""Shared by the benchmarks: progress lines on stderr, and a result section written into docs/benchmarks.md
+(replacing its old copy)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from pathlib import Path
 DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")  # int8 dot products: x86 VNNI, ARM SDOT/UDOT
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is written by the script it names; rerun the script to refresh it.\n"
+
+
+def log(msg: str) -> None:
+    """A progress line on stderr, at once."""
+    print(msg, file=sys.stderr, flush=True)
 
 
 def machine() -> str:

@@ -35,7 +35,7 @@ import torch
 import artifact as A
 from bench._compression_digits import digits_only, digits_section
 from bench._compression_int8 import INT8_SPEEDUP_GOAL, int8_only, latency_224, side_by_side
-from bench._report import vector_extensions, write_section
+from bench._report import log, vector_extensions, write_section
 from model_builder.compress import (
     CompressConfig,
     attach_codes,
@@ -79,10 +79,6 @@ ALEXNET = (
 
 def alexnet_parameters() -> int:
     return sum(out * fan_in * k + out for _name, out, fan_in, k in ALEXNET)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -27,22 +27,17 @@ import argparse
 import itertools
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._loadgen import uvicorn_process
-from bench._report import write_section
+from bench._report import log, write_section
 from bench.poll import ADMIN_TOKEN, ROOT, SECRET_KEY, analyze, database, enroll_devices, squeezenet_artifact
 
 GOAL_MS = 300.0
 PAINT_GOAL_MS = 1000.0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def spread(url: str) -> None:

@@ -39,7 +39,7 @@ import torch
 import zstandard
 
 from artifact import apply_delta, encode_payload, make_delta
-from bench._report import write_section
+from bench._report import log, write_section
 from bench._sparse_changes import baseline_artifact, canonical, entropy_floor, sparse_fp32, sparse_int8
 from model_builder.compress import quantize_int8
 from model_builder.data import load_datasets, make_shapes_dataset, normalize
@@ -47,10 +47,6 @@ from model_builder.export import export_bytes
 from model_builder.squeezenet import count_parameters, squeezenet1_1
 
 SIZE = 64
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def train(

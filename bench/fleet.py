@@ -27,18 +27,15 @@ import httpx
 import torch
 
 import artifact as A
-from bench._report import write_section
+from bench._report import log, write_section
 from model_builder.export import export_bytes
 from model_builder.package import build_artifact
 from model_builder.squeezenet import squeezenet1_1
+from scripts._demo_procs import server_env  # the demo's server, on one host (run from the repository root)
 
 BIN = Path(sys.executable).parent
 LABELS = [f"class{i}" for i in range(10)]
 PREPROCESS = {"size": 64, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "layout": "NCHW"}
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def export(model: torch.nn.Module) -> bytes:
@@ -85,14 +82,7 @@ def main() -> int:
         admin, enroll = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         env = {
             **os.environ,
-            "OTA_DATABASE_URL": f"sqlite:///{work / 'ota.db'}",
-            "OTA_STORAGE_URL": f"file://{work / 'blobs'}",
-            "OTA_ADMIN_TOKEN": admin,
-            "OTA_ENROLLMENT_SECRET": enroll,
-            "OTA_PUBLISHER_KEYS": str(work / "signing.pub"),
-            "OTA_POLL_INTERVAL": "5",
-            "OTA_ENROLL_RATE": "0",  # the whole simulated fleet enrolls from 127.0.0.1: no enrollment limits
-            "OTA_ENROLL_GLOBAL_RATE": "0",
+            **server_env(work, admin=admin, enroll=enroll, publisher_key=work / "signing.pub", poll_interval=5),
         }
         port = 18000 + secrets.randbelow(2000)
         url = f"http://127.0.0.1:{port}"

@@ -50,7 +50,7 @@ from onnx import numpy_helper
 from PIL import Image
 
 import artifact as A
-from bench._report import write_section
+from bench._report import log, write_section
 from model_builder import build_artifact, export_bytes, squeezenet1_1
 from model_builder.publish import publish
 
@@ -63,10 +63,6 @@ PRE = {"size": SIZE, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]
 CLIENTS = 4
 GOAL_SWAP_MS = 75.0
 GOAL_P99_RATIO = 2.0
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- models

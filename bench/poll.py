@@ -39,15 +39,12 @@ from typing import Any
 
 from bench._common import private_pg_schema
 from bench._loadgen import cpu_seconds, run_load, uvicorn_process
+from bench._report import log
 
 ROOT = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = "bench-secret-key-0123456789abcdef"
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # -- the bare app (imported by uvicorn in its own process) --------------------------------------

@@ -122,9 +122,17 @@ class ModelHolder:
 
     def swap(self, model: LoadedModel) -> threading.Event | None:
         """Serve `model` from now on. Returns an event set when the previous model has drained."""
+        old = self._replace(_Entry(model, model.version))
+        return None if old is None else old.drained
+
+    def clear(self) -> None:
+        """Serve nothing from now on (the model's signer was revoked); requests in flight finish."""
+        self._replace(None)
+
+    def _replace(self, new: _Entry | None) -> _Entry | None:
+        """Make `new` current and retire the entry it replaces (released now if no request holds it)."""
         with self._lock:
-            old = self._current
-            self._current = _Entry(model, model.version)
+            old, self._current = self._current, new
             if old is None:
                 return None
             old.retired = True
@@ -133,20 +141,7 @@ class ModelHolder:
                 old.model = None
         if release:
             self._released(old)
-        return old.drained
-
-    def clear(self) -> None:
-        """Serve nothing from now on (the model's signer was revoked); requests in flight finish."""
-        with self._lock:
-            old, self._current = self._current, None
-            if old is None:
-                return
-            old.retired = True
-            release = old.inflight == 0
-            if release:
-                old.model = None
-        if release:
-            self._released(old)
+        return old
 
     def _released(self, entry: _Entry) -> None:
         entry.drained.set()

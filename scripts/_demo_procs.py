@@ -135,6 +135,21 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, procs: Proces
     raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def server_env(work: Path, *, admin: str, enroll: str, publisher_key: Path, poll_interval: int) -> dict[str, str]:
+    """`ota-server serve`'s environment on one host: SQLite and blob files under `work`, no enrollment limits
+    (a simulated fleet enrolls from 127.0.0.1 alone). The demo and bench/fleet.py start their servers with it."""
+    return {
+        "OTA_DATABASE_URL": f"sqlite:///{work / 'ota.db'}",
+        "OTA_STORAGE_URL": f"file://{work / 'blobs'}",
+        "OTA_ADMIN_TOKEN": admin,
+        "OTA_ENROLLMENT_SECRET": enroll,
+        "OTA_PUBLISHER_KEYS": str(publisher_key),
+        "OTA_POLL_INTERVAL": str(poll_interval),
+        "OTA_ENROLL_RATE": "0",
+        "OTA_ENROLL_GLOBAL_RATE": "0",
+    }
+
+
 def free_port(preferred: int) -> int:
     """`preferred` if it is free (0: any), else one the kernel picks."""
     for port in (preferred, 0):

@@ -55,6 +55,7 @@ from _demo_procs import (
     say,
     wait_for,
 )
+from _demo_procs import server_env as local_server_env
 from _demo_summary import summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,14 +189,7 @@ def story(k: Knobs, procs: Processes) -> int:
     url = f"http://127.0.0.1:{port}"
     admin, enroll = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     server_env = {
-        "OTA_DATABASE_URL": f"sqlite:///{work / 'ota.db'}",
-        "OTA_STORAGE_URL": f"file://{work / 'blobs'}",
-        "OTA_ADMIN_TOKEN": admin,
-        "OTA_ENROLLMENT_SECRET": enroll,
-        "OTA_PUBLISHER_KEYS": str(pub),
-        "OTA_POLL_INTERVAL": "2",
-        "OTA_ENROLL_RATE": "0",  # the whole simulated fleet enrolls from 127.0.0.1: no enrollment limits
-        "OTA_ENROLL_GLOBAL_RATE": "0",
+        **local_server_env(work, admin=admin, enroll=enroll, publisher_key=pub, poll_interval=2),
         "OTA_ROLLOUT_EVAL_SECONDS": "1",  # a demo's soaks are seconds long; a fleet's, minutes
         "OTA_SEEN_FLUSH_SECONDS": "1",
     }

@@ -185,6 +185,18 @@ def _print_plan(plan: Plan, *, dry_run: bool) -> None:
         print(f"{'delete' if dry_run else 'deleted':<8} blob {b.sha256[:16]}… {size_text(b.size):>9}  {b.why}")
 
 
+def _gc_report(args: argparse.Namespace, plan: Plan, outcome: dict[str, Any], *summary: str) -> int:
+    """Print what gc did or would do: with --json one document (the plan, then `outcome`), else the plan
+    line by line and then the `summary` lines."""
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **_plan_doc(plan), **outcome}, indent=2))
+    else:
+        _print_plan(plan, dry_run=args.dry_run)
+        for line in summary:
+            print(line)
+    return 0
+
+
 def _gc(settings: Settings, args: argparse.Namespace) -> int:
     from .core.gc import Maintenance, StorageGC, size_text
     from .core.retention import EventRetention
@@ -205,52 +217,39 @@ def _gc(settings: Settings, args: argparse.Namespace) -> int:
         if args.dry_run:
             plan = collector.plan()
             due = retention.count_due()
-            if args.json:
-                doc = {
-                    "dry_run": True,
-                    **_plan_doc(plan),
-                    "events": {"older_than": retention.cutoff().isoformat(), "count": due},
-                }
-                print(json.dumps(doc, indent=2))
-                return 0
-            _print_plan(plan, dry_run=True)
-            print(
+            return _gc_report(
+                args,
+                plan,
+                {"events": {"older_than": retention.cutoff().isoformat(), "count": due}},
                 f"would collect {len(plan.collect)} versions and {len(plan.deltas)} deltas, deleting "
                 f"{len(plan.blobs)} of {plan.stored_blobs} blobs ({size_text(plan.blob_bytes)} of "
-                f"{size_text(plan.stored_bytes)}); {len(plan.pending)} versions wait out the grace period"
+                f"{size_text(plan.stored_bytes)}); {len(plan.pending)} versions wait out the grace period",
+                f"would delete {due} events older than {args.retention_days} days (their metrics kept as summaries)",
             )
-            print(f"would delete {due} events older than {args.retention_days} days (their metrics kept as summaries)")
-            return 0
         with maintenance.lease():
             swept = collector.sweep(progress)
             kept = retention.prune(progress=progress)
         plan = swept.plan
-        if args.json:
-            doc = {
-                "dry_run": False,
-                **_plan_doc(plan),
-                "deleted_blobs": swept.deleted,
-                "deleted_bytes": swept.deleted_bytes,
-                "kept_blobs_named_since": swept.skipped,
-                "events": {
-                    "older_than": kept.cutoff.isoformat(),
-                    "deleted": kept.deleted,
-                    "summarised": kept.summarised,
-                    "remaining": kept.remaining,
-                },
-            }
-            print(json.dumps(doc, indent=2))
-            return 0
-        _print_plan(plan, dry_run=False)
-        print(
+        done: dict[str, Any] = {
+            "deleted_blobs": swept.deleted,
+            "deleted_bytes": swept.deleted_bytes,
+            "kept_blobs_named_since": swept.skipped,
+            "events": {
+                "older_than": kept.cutoff.isoformat(),
+                "deleted": kept.deleted,
+                "summarised": kept.summarised,
+                "remaining": kept.remaining,
+            },
+        }
+        return _gc_report(
+            args,
+            plan,
+            done,
             f"collected {len(plan.collect)} versions and {len(plan.deltas)} deltas; deleted {swept.deleted} "
-            f"blobs ({size_text(swept.deleted_bytes)}); {len(plan.pending)} versions wait out the grace period"
-        )
-        print(
+            f"blobs ({size_text(swept.deleted_bytes)}); {len(plan.pending)} versions wait out the grace period",
             f"deleted {kept.deleted} events older than {args.retention_days} days ({kept.summarised} metrics "
-            f"windows kept as summaries); {kept.remaining} events remain"
+            f"windows kept as summaries); {kept.remaining} events remain",
         )
-        return 0
     except MaintenanceBusyError as e:
         print(f"ota-server: error: {e}", file=sys.stderr)
         return 4

@@ -23,7 +23,6 @@ its model's *baseline* (the version of the last completed rollout).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -32,15 +31,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from starlette.concurrency import run_in_threadpool
-
 from ..data import registry as registry_data
 from ..data import rollouts as data
 from ..data.rollouts import Session
 from ..db.models import Rollout
 from ..db.session import Database, utcnow
 from ..errors import (
-    DatabaseUnavailableError,
     ModelNotFoundError,
     RolloutActiveError,
     RolloutNotFoundError,
@@ -51,6 +47,7 @@ from ..errors import (
 )
 from ..observability import Metrics
 from .deltas import DeltaService
+from .loops import refresh_forever
 from .rollout_events import EventLike, record_events
 from .rollout_latency import DeviceLatencies
 from .rollout_offers import Choice, OfferBuffer, PollRollout, choose_offer, poll_rollouts
@@ -329,13 +326,7 @@ class RolloutService:
 
     async def run(self) -> None:
         """Evaluate every `eval_seconds` until cancelled; failures are logged and retried."""
-        while True:
-            began = time.monotonic()
-            try:
-                await run_in_threadpool(self.evaluate_once)
-            except DatabaseUnavailableError as e:
-                log.warning("rollout evaluation failed: %s", e.detail)
-            await asyncio.sleep(max(0.0, self.eval_seconds - (time.monotonic() - began)))
+        await refresh_forever(self.evaluate_once, self.eval_seconds, "rollout evaluation", log=log)
 
     def _transition(self, r: Rollout, seen_revision: int, d: Decision, *, by: str, now: datetime | None = None) -> bool:
         """Compare-and-set the rollout from `seen_revision`; the history row and baseline move with it."""

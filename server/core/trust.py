@@ -20,22 +20,19 @@ keep the keys document they hold meanwhile.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
-
-from starlette.concurrency import run_in_threadpool
 
 import artifact as A
 
 from ..data import trust as trust_data
 from ..db.models import TrustDocument
 from ..db.session import Database
-from ..errors import ConstraintViolationError, DatabaseUnavailableError, InvalidTrustDocumentError, TrustConflictError
+from ..errors import ConstraintViolationError, InvalidTrustDocumentError, TrustConflictError
+from .loops import refresh_forever
 
 log = logging.getLogger("ota.trust")
 Kind = Literal["root", "keys"]
@@ -172,13 +169,7 @@ class TrustService:
 
     async def run(self) -> None:
         """Reload every `interval` seconds until cancelled (other processes' uploads arrive this way)."""
-        while True:
-            began = time.monotonic()
-            try:
-                await run_in_threadpool(self.refresh)
-            except DatabaseUnavailableError as e:
-                log.warning("trust chain refresh failed: %s", e.detail)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
+        await refresh_forever(self.refresh, self.interval, "trust chain refresh", log=log)
 
 
 def _signed_by(state: A.TrustState, keys: TrustDocument) -> bool:

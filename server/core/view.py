@@ -17,20 +17,18 @@ of offering from stale data.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from starlette.concurrency import run_in_threadpool
-
 from ..data import devices as device_data
 from ..data import registry as registry_data
 from ..data.registry import Head
 from ..db.session import Database
 from ..errors import DatabaseUnavailableError
+from .loops import refresh_forever
 from .rollout_offers import PollRollout, poll_rollouts
 
 log = logging.getLogger("ota.registry")
@@ -90,10 +88,4 @@ class RegistryView:
 
     async def run(self) -> None:
         """Refresh every `interval` seconds until cancelled; failures are logged and retried."""
-        while True:
-            began = time.monotonic()
-            try:
-                await run_in_threadpool(self.refresh)
-            except DatabaseUnavailableError as e:
-                log.warning("registry refresh failed: %s", e.detail)
-            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - began)))
+        await refresh_forever(self.refresh, self.interval, "registry refresh", log=log)

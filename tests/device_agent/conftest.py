@@ -1,4 +1,5 @@
-"""Fixtures: keys on disk, a fake server per test, and agents run in a background thread."""
+"""Fixtures: keys on disk, a fake server per test, agents run in a background thread, and the real
+server's `env` (for the modules marked with `realserver.ON_SQLITE_FILE`)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ import pytest
 
 import artifact as A
 from device_agent import Agent, AgentConfig
+from tests.server import conftest as server_fixtures
 from tests.support import wait_for as wait_until
 
 from .fakeserver import SECRET, FakeServer
 from .models import MODEL, Release, make_release
+
+# The server tests' `env` and the fixtures it builds on; `realserver.ON_SQLITE_FILE` picks its backend pair.
+env = server_fixtures.env
+sqlite_template = server_fixtures.sqlite_template
+publisher_key_file = server_fixtures.publisher_key_file
 
 
 class AgentThread:

@@ -21,16 +21,12 @@ import pytest
 import artifact as A
 from device_agent import Agent, AgentConfig
 from server.core.security import Signer, key_id
-from tests.server import conftest as server_fixtures
 from tests.server import helpers
 from tests.server.conftest import ENROLLMENT_SECRET, Env
 
-from .test_contract import BASE, Real, eventually, served
+from .realserver import BASE, ON_SQLITE_FILE, Real, eventually, served
 
-env = server_fixtures.env
-sqlite_template = server_fixtures.sqlite_template
-publisher_key_file = server_fixtures.publisher_key_file
-pytestmark = pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
+pytestmark = ON_SQLITE_FILE
 
 DAY = 86400.0
 KEY_A = "agent-rotation-key-a-0123456789"

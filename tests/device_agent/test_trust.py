@@ -6,7 +6,7 @@ Each test is named after what it defends against; the server is the fake one, so
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -45,6 +45,39 @@ def rooted(run_agent: Callable[..., AgentThread], root1: bytes) -> Callable[...,
     return start
 
 
+@pytest.fixture()
+def serve_keys(server: FakeServer, root_key: A.SigningKey, root1: bytes) -> Callable[..., None]:
+    """`serve_keys(version, publishers, revoked=..., signers=...)`: the server relays root1 and a keys
+    document naming `publishers`, signed by the root's key unless `signers` says otherwise."""
+
+    def serve(
+        version: int,
+        publishers: list[A.SigningKey],
+        *,
+        revoked: Sequence[A.SigningKey] = (),
+        signers: list[A.SigningKey] | None = None,
+    ) -> None:
+        server.trust = chain([root1], trust_keys(version, publishers, signers or [root_key], revoked=revoked))
+
+    return serve
+
+
+@pytest.fixture()
+def on_v1(
+    server: FakeServer,
+    rooted: Callable[..., AgentThread],
+    serve_keys: Callable[..., None],
+    key: A.SigningKey,
+    releases: dict[int, Release],
+) -> AgentThread:
+    """An agent that trusts the root only, serving v1 (signed by `key`, which the root's keys v1 names)."""
+    serve_keys(1, [key])
+    server.publish(releases[1])
+    agent = rooted()
+    agent.wait_version(1)
+    return agent
+
+
 def events(server: FakeServer, type_: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in server.events_of(type_) if e.get("reason") == reason]
 
@@ -52,13 +85,12 @@ def events(server: FakeServer, type_: str, reason: str) -> list[dict[str, Any]]:
 def test_revoked_publisher_key_moves_the_device_to_its_other_slot_and_refuses_new_artifacts(
     server: FakeServer,
     rooted: Callable[..., AgentThread],
-    root_key: A.SigningKey,
-    root1: bytes,
+    serve_keys: Callable[..., None],
     key: A.SigningKey,
     stranger_key: A.SigningKey,
     releases: dict[int, Release],
 ) -> None:
-    server.trust = chain([root1], trust_keys(1, [key, stranger_key], [root_key]))
+    serve_keys(1, [key, stranger_key])
     v1 = make_release(1, [stranger_key])  # the slot to fall back to
     server.publish(v1)
     agent = rooted()
@@ -66,7 +98,7 @@ def test_revoked_publisher_key_moves_the_device_to_its_other_slot_and_refuses_ne
     server.publish(releases[2])  # signed by `key` only
     agent.wait_version(2)
 
-    server.trust = chain([root1], trust_keys(2, [stranger_key], [root_key], revoked=[key]))
+    serve_keys(2, [stranger_key], revoked=[key])
     agent.wait_version(1)
     rolled = wait_until(lambda: events(server, "rolled_back", "revoked_key"), what="rolled_back event")
     assert rolled[0]["version"] == 1 and rolled[0]["from_version"] == 2 and key.keyid in rolled[0]["detail"]
@@ -87,18 +119,14 @@ def test_revoked_publisher_key_moves_the_device_to_its_other_slot_and_refuses_ne
 def test_installed_version_by_a_revoked_key_without_fallback_stops_being_served(
     server: FakeServer,
     rooted: Callable[..., AgentThread],
-    root_key: A.SigningKey,
-    root1: bytes,
+    serve_keys: Callable[..., None],
+    on_v1: AgentThread,
     key: A.SigningKey,
     stranger_key: A.SigningKey,
-    releases: dict[int, Release],
 ) -> None:
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
-    server.publish(releases[1])
-    agent = rooted()
-    agent.wait_version(1)
+    agent = on_v1
     server.target = None  # nothing more offered
-    server.trust = chain([root1], trust_keys(2, [stranger_key], [root_key], revoked=[key]))
+    serve_keys(2, [stranger_key], revoked=[key])
     wait_until(lambda: agent.version is None, what="the revoked model to stop being served")
     rolled = wait_until(lambda: events(server, "rolled_back", "revoked_key"), what="rolled_back event")
     assert rolled[0]["version"] is None
@@ -108,19 +136,16 @@ def test_installed_version_by_a_revoked_key_without_fallback_stops_being_served(
 
 def test_a_chain_the_root_did_not_sign_is_refused_and_reported(
     server: FakeServer,
-    rooted: Callable[..., AgentThread],
+    serve_keys: Callable[..., None],
+    on_v1: AgentThread,
     root_key: A.SigningKey,
     root1: bytes,
-    key: A.SigningKey,
     stranger_key: A.SigningKey,
     releases: dict[int, Release],
 ) -> None:
     """A compromised server promotes its own key (keys signed by a non-root key), then skips a root."""
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
-    server.publish(releases[1])
-    agent = rooted()
-    agent.wait_version(1)
-    server.trust = chain([root1], trust_keys(2, [stranger_key], [stranger_key]))
+    agent = on_v1
+    serve_keys(2, [stranger_key], signers=[stranger_key])
     refused = wait_until(lambda: events(server, "failed", "trust_refused"), what="trust refused")
     assert "TrustSignatureError" in refused[0]["detail"]
     rogue = A.generate_key()
@@ -137,16 +162,15 @@ def test_a_chain_the_root_did_not_sign_is_refused_and_reported(
 def test_corrupt_trust_file_falls_back_to_the_given_root(
     server: FakeServer,
     rooted: Callable[..., AgentThread],
+    serve_keys: Callable[..., None],
     make_config: Callable[..., Any],
-    root_key: A.SigningKey,
-    root1: bytes,
     key: A.SigningKey,
     releases: dict[int, Release],
 ) -> None:
     model_dir = make_config().model_dir
     model_dir.mkdir(parents=True)
     (model_dir / "trust.json").write_text('{"accepted_at": "2026-01-01T00:00:00Z", "chain": {"roots": 7}}')
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
+    serve_keys(1, [key])
     server.publish(releases[1])
     agent = rooted()
     assert any(r.startswith("trust.json") for r in agent.agent.status()["storage"]["files_reset"])
@@ -170,18 +194,9 @@ def test_legacy_trust_keys_keep_working_without_a_root(
     ids=["above-the-cap", "deeply-nested", "not-a-chain"],
 )
 def test_hostile_trust_answer_is_dropped_and_the_device_keeps_serving(
-    body: bytes,
-    server: FakeServer,
-    rooted: Callable[..., AgentThread],
-    root_key: A.SigningKey,
-    root1: bytes,
-    key: A.SigningKey,
-    releases: dict[int, Release],
+    body: bytes, server: FakeServer, on_v1: AgentThread, releases: dict[int, Release]
 ) -> None:
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
-    server.publish(releases[1])
-    agent = rooted()
-    agent.wait_version(1)
+    agent = on_v1
     server.answer_hook = lambda m, p: (200, {"Content-Type": "application/json"}, [body]) if p == "/v1/trust" else None
     server.trust = {**server.trust, "tag": "r1-k2"}
     fetches = server.requests_to("/v1/trust")
@@ -196,7 +211,7 @@ def test_hostile_trust_answer_is_dropped_and_the_device_keeps_serving(
 def test_offer_before_any_keys_document_waits_instead_of_being_condemned(
     server: FakeServer,
     rooted: Callable[..., AgentThread],
-    root_key: A.SigningKey,
+    serve_keys: Callable[..., None],
     root1: bytes,
     key: A.SigningKey,
     releases: dict[int, Release],
@@ -206,27 +221,22 @@ def test_offer_before_any_keys_document_waits_instead_of_being_condemned(
     agent = rooted()
     pending = wait_until(lambda: events(server, "failed", "no_trusted_keys"), what="no_trusted_keys reported")
     assert pending[0]["version"] == 1 and agent.version is None
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
+    serve_keys(1, [key])
     agent.wait_version(1)  # the same version, once the root named its signer
     assert len(events(server, "failed", "no_trusted_keys")) == 1
 
 
 def test_version_refused_for_an_unknown_signer_is_judged_again_once_the_root_names_it(
     server: FakeServer,
-    rooted: Callable[..., AgentThread],
-    root_key: A.SigningKey,
-    root1: bytes,
+    serve_keys: Callable[..., None],
+    on_v1: AgentThread,
     key: A.SigningKey,
     stranger_key: A.SigningKey,
-    releases: dict[int, Release],
 ) -> None:
     """Two server processes a moment apart: the offer by the new key arrives before the new chain tag."""
-    server.trust = chain([root1], trust_keys(1, [key], [root_key]))
-    server.publish(releases[1])
-    agent = rooted()
-    agent.wait_version(1)
+    agent = on_v1
     server.publish(make_release(2, [stranger_key]))
     refused = wait_until(lambda: server.events_of("failed", 2), what="v2 refused")
     assert refused[0]["reason"] == "unknown_key"
-    server.trust = chain([root1], trust_keys(2, [key, stranger_key], [root_key]))
+    serve_keys(2, [key, stranger_key])
     agent.wait_version(2)

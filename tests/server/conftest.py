@@ -34,6 +34,7 @@ with warnings.catch_warnings():  # this Starlette warns about its own test clien
 import artifact as A
 from bench._common import private_pg_schema  # shared with the poll benchmark
 from server import Settings, create_app, upgrade
+from server import cli as server_cli
 from server.db.models import Base
 from tests.support import free_port
 
@@ -206,6 +207,24 @@ def env(
 @pytest.fixture()
 def client(env: Env) -> TestClient:
     return env.client()
+
+
+@pytest.fixture()
+def cli(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Any]:
+    """`cli(*args, **overrides)`: `ota-server ARGS` run in this process with this env's settings (and
+    `overrides`) in OTA_* variables; its exit status, stdout and stderr."""
+
+    def run(*args: str, **overrides: Any) -> tuple[int, str, str]:
+        for name, value in {**env.base, **overrides}.items():
+            if value is not None:
+                text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+                monkeypatch.setenv(f"OTA_{name.upper()}", text)
+        capsys.readouterr()
+        rc = server_cli.main(list(args))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
 
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -10,6 +10,7 @@ bucket through its own S3 API), on every database × storage pair.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
-from server.cli import main
 from server.db.models import Delta, Model, ModelVersion
 from server.storage import open_storage
 from tests.support import wait_for
@@ -40,24 +40,22 @@ def stored(env: Env) -> set[str]:
     return {obj["Key"].rsplit("/", 1)[1] for page in pages for obj in page.get("Contents", ())}
 
 
-def gc(env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> Any:
-    """`ota-server gc ARGS --json` with this env's configuration in OTA_* variables; its JSON."""
-    rc, out, err = run_cli(env, monkeypatch, capsys, "gc", *args, "--json")
-    assert rc == 0, err
-    return json.loads(out)
+@pytest.fixture()
+def gc(cli: Callable[..., tuple[int, str, str]]) -> Callable[..., Any]:
+    """`gc(*args)`: `ota-server gc ARGS --json` with this env's configuration, which must succeed; its JSON."""
+
+    def run(*args: str) -> Any:
+        rc, out, err = cli("gc", *args, "--json")
+        assert rc == 0, err
+        return json.loads(out)
+
+    return run
 
 
-def run_cli(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str, **overrides: Any
-) -> tuple[int, str, str]:
-    for name, value in {**env.base, **overrides}.items():
-        if value is not None:
-            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-            monkeypatch.setenv(f"OTA_{name.upper()}", text)
-    capsys.readouterr()
-    rc = main(list(args))
-    out, err = capsys.readouterr()
-    return rc, out, err
+def released(env: Env, client: TestClient, *versions: int) -> None:
+    """Publish and roll out each version in turn: the last one is the baseline."""
+    for version in versions:
+        release(client, env.artifact(version))
 
 
 def rows(env: Env) -> tuple[dict[int, ModelVersion], list[Delta]]:
@@ -74,9 +72,7 @@ def rows(env: Env) -> tuple[dict[int, ModelVersion], list[Delta]]:
 
 
 def build_fleet(env: Env, client: TestClient) -> dict[str, str]:
-    release(client, env.artifact(1))
-    release(client, env.artifact(2))
-    release(client, env.artifact(3))  # baseline v3: v2 is superseded
+    released(env, client, 1, 2, 3)  # baseline v3: v2 is superseded
     tokens = {name: enroll(client, name) for name in ("d1", "d2", "d3", "d4")}
     for name, versions in {"d1": [1], "d2": [1], "d3": [1, 3], "d4": [3]}.items():
         for v in versions:
@@ -108,7 +104,7 @@ def build_fleet(env: Env, client: TestClient) -> dict[str, str]:
 
 
 def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
-    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Env, client: TestClient, gc: Callable[..., Any]
 ) -> None:
     tokens = build_fleet(env, client)
     orphan = open_storage(env.settings()).put(b"left behind by a publish that died before its row")
@@ -121,7 +117,7 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     before = stored(env)
     assert keep < before and orphan in before
 
-    plan = gc(env, monkeypatch, capsys, "--dry-run", "--grace", "0", "--orphan-age", "0")
+    plan = gc("--dry-run", "--grace", "0", "--orphan-age", "0")
     assert stored(env) == before, "a dry run deletes nothing"
     actions = {v["version"]: (v["action"], v["why"]) for v in plan["versions"]}
     assert {v for v, (action, _) in actions.items() if action == "collect"} == {2, 5}
@@ -132,13 +128,13 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     assert {b["sha256"] for b in plan["blobs"]} == before - keep
     assert {b["why"] for b in plan["blobs"] if b["sha256"] == orphan} == {"orphan: no version or delta names it"}
 
-    marked = gc(env, monkeypatch, capsys)  # the default grace period: a day
+    marked = gc()  # the default grace period: a day
     assert {v["version"] for v in marked["versions"] if v["action"] == "wait"} == {2, 5}
     assert marked["deleted_blobs"] == 0 and stored(env) == before
 
-    young = gc(env, monkeypatch, capsys, "--dry-run", "--grace", "0")  # the orphan is younger than an hour
+    young = gc("--dry-run", "--grace", "0")  # the orphan is younger than an hour
     assert {b["sha256"] for b in young["blobs"]} == before - keep - {orphan}
-    swept = gc(env, monkeypatch, capsys, "--grace", "0", "--orphan-age", "0")
+    swept = gc("--grace", "0", "--orphan-age", "0")
     after = stored(env)
     assert after == keep, "exactly what the fleet, the rollout and the baseline need is left"
     assert swept["deleted_blobs"] == len(before - keep)
@@ -167,24 +163,23 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
         if offer["delta"] is not None:
             assert download(client, offer["delta"]["url"]).status_code == 200
 
-    again = gc(env, monkeypatch, capsys, "--grace", "0")
+    again = gc("--grace", "0")
     assert again["deleted_blobs"] == 0 and stored(env) == keep
 
 
 @pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
 def test_a_device_reporting_a_marked_version_takes_it_back_from_the_gc(
-    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Env, client: TestClient, gc: Callable[..., Any]
 ) -> None:
-    release(client, env.artifact(1))
-    release(client, env.artifact(2))
-    marked = gc(env, monkeypatch, capsys)
+    released(env, client, 1, 2)
+    marked = gc()
     assert [v["action"] for v in marked["versions"]] == ["wait", "keep"]
     token = enroll(client, "late")
     client.post("/v1/device/events", json=[{"type": "installed", "version": 1}], headers=bearer(token))
-    back = gc(env, monkeypatch, capsys, "--grace", "0")
+    back = gc("--grace", "0")
     assert [v["action"] for v in back["versions"]] == ["keep", "keep"] and back["deleted_blobs"] == 0
     client.post("/v1/device/events", json=[{"type": "installed", "version": 2}], headers=bearer(token))
-    slot = gc(env, monkeypatch, capsys, "--grace", "0")
+    slot = gc("--grace", "0")
     assert slot["versions"][0] == {
         "model": "shapes",
         "version": 1,
@@ -196,7 +191,7 @@ def test_a_device_reporting_a_marked_version_takes_it_back_from_the_gc(
 
 @pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
 def test_gc_refuses_to_run_twice_at_once_and_says_why(
-    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Env, client: TestClient, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     from server.core.gc import Maintenance
     from server.db.session import Database
@@ -204,24 +199,23 @@ def test_gc_refuses_to_run_twice_at_once_and_says_why(
     db = Database(env.database_url)
     try:
         with Maintenance(db).lease():
-            rc, out, err = run_cli(env, monkeypatch, capsys, "gc")
+            rc, out, err = cli("gc")
             assert rc == 4 and out == ""
             assert err.startswith("ota-server: error: another gc is running (") and err.count("\n") == 1
-            rc, _, _ = run_cli(env, monkeypatch, capsys, "gc", "--dry-run")  # a dry run takes no lease
+            rc, _, _ = cli("gc", "--dry-run")  # a dry run takes no lease
             assert rc == 0
     finally:
         db.dispose()
-    rc, out, _ = run_cli(env, monkeypatch, capsys, "gc")
+    rc, out, _ = cli("gc")
     assert rc == 0 and "deleted 0 events older than 30 days" in out
 
 
 @pytest.mark.parametrize("env", ["sqlite-s3"], indirect=True)
 def test_republishing_collected_weights_brings_their_blobs_back(
-    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Env, client: TestClient, gc: Callable[..., Any]
 ) -> None:
-    release(client, env.artifact(1))
-    release(client, env.artifact(2))
-    swept = gc(env, monkeypatch, capsys, "--grace", "0")
+    released(env, client, 1, 2)
+    swept = gc("--grace", "0")
     assert [v["action"] for v in swept["versions"]] == ["collect", "keep"]
     old = client.get(f"/v1/models/{helpers.MODEL}/versions/1", headers=ADMIN).json()["payload"]["sha256"]
     assert_problem(client.get(f"/v1/blobs/{old}", headers=ADMIN), 410, "blob-collected")
@@ -229,20 +223,18 @@ def test_republishing_collected_weights_brings_their_blobs_back(
     v3 = publish(client, env.artifact(3, onnx_bytes=helpers.tiny_classifier(0, version_tweak=1)))
     assert v3["payload"]["sha256"] == old
     assert client.get(f"/v1/blobs/{old}", headers=ADMIN).status_code == 200
-    again = gc(env, monkeypatch, capsys, "--grace", "0")
+    again = gc("--grace", "0")
     assert again["deleted_blobs"] == 0 and old in stored(env)
 
 
 @pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
 def test_gc_with_unreachable_storage_is_one_line_and_exit_3(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with closed_port() as port:
         for args in (("gc", "--dry-run"), ("gc",)):
-            rc, out, err = run_cli(
-                env, monkeypatch, capsys, *args, storage_url="s3://gone/x", s3_endpoint_url=f"http://127.0.0.1:{port}"
-            )
+            rc, out, err = cli(*args, storage_url="s3://gone/x", s3_endpoint_url=f"http://127.0.0.1:{port}")
             assert (rc, out) == (3, "")
             assert err == "ota-server: error: object storage failed to list blobs (EndpointConnectionError)\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -14,7 +15,6 @@ from server.db.models import DeviceEvent
 from server.db.session import Database, utcnow
 
 from .conftest import ADMIN, Env, bearer, enroll, release
-from .test_gc import run_cli
 
 
 def metrics(version: int, p50: float, requests: int) -> dict[str, object]:
@@ -34,7 +34,7 @@ def age_every_event(env: Env, days: int) -> int:
 
 @pytest.mark.parametrize("env", ["sqlite-file", "postgresql-file"], indirect=True)
 def test_old_events_are_deleted_in_batches_and_their_metrics_summarised(
-    env: Env, client: TestClient, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    env: Env, client: TestClient, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     release(client, env.artifact(1))
     cam, kiosk = enroll(client, "cam"), enroll(client, "kiosk")
@@ -47,7 +47,7 @@ def test_old_events_are_deleted_in_batches_and_their_metrics_summarised(
     recent = [metrics(1, 9, 100), {"type": "checking"}]
     assert client.post("/v1/device/events", json=recent, headers=bearer(cam)).status_code == 200
 
-    rc, out, _ = run_cli(env, monkeypatch, capsys, "gc", "--dry-run")
+    rc, out, _ = cli("gc", "--dry-run")
     assert rc == 0 and "would delete 10 events older than 30 days" in out
 
     db = Database(env.database_url)

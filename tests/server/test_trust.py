@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 import artifact as A
 from tests.support import trust_keys, trust_root
@@ -27,6 +29,11 @@ def put(client: object, kind: str, body: bytes, status: int) -> dict[str, object
     assert r.status_code == status, r.text
     doc: dict[str, object] = r.json()
     return doc
+
+
+def refused(client: object, kind: str, body: bytes, status: int, slug: str | None = None) -> dict[str, Any]:
+    """PUT a document the server must refuse (as the admin); its problem document."""
+    return assert_problem(client.put(f"/v1/trust/{kind}", content=body, headers=ADMIN), status, slug)  # type: ignore[attr-defined]
 
 
 @DATABASES
@@ -58,39 +65,35 @@ def test_revoked_publisher_key_cannot_publish(
 
 @DATABASES
 def test_trust_uploads_refuse_rollback_skips_and_expired_documents(
-    env: Env, root_keys: list[A.SigningKey], other_key: A.SigningKey
+    client: TestClient, root_keys: list[A.SigningKey], other_key: A.SigningKey
 ) -> None:
-    client = env.client()
     r1, r2, r3 = root_keys
     assert_problem(client.put("/v1/trust/keys", content=b"{}"), 401)
-    assert_problem(
-        client.put("/v1/trust/keys", content=trust_keys(1, [other_key], [r1]), headers=ADMIN), 409, "trust-conflict"
-    )
+    refused(client, "keys", trust_keys(1, [other_key], [r1]), 409, "trust-conflict")  # no root yet
     root1 = trust_root(1, [r1], [r1])
-    assert_problem(client.put("/v1/trust/root", content=b"[1, 2", headers=ADMIN), 422, "invalid-trust-document")
+    refused(client, "root", b"[1, 2", 422, "invalid-trust-document")
     put(client, "root", root1, 201)
     assert put(client, "root", root1, 200)["created"] is False
 
-    skipped = client.put("/v1/trust/root", content=trust_root(3, [r3], [r1, r3]), headers=ADMIN)
-    assert assert_problem(skipped, 409, "trust-conflict")["reason"] == "TrustSkippedVersionError"
-    unsigned = client.put("/v1/trust/root", content=trust_root(2, [r2], [r2]), headers=ADMIN)
-    assert assert_problem(unsigned, 422, "invalid-trust-document")["reason"] == "TrustSignatureError"
+    skipped = refused(client, "root", trust_root(3, [r3], [r1, r3]), 409, "trust-conflict")
+    assert skipped["reason"] == "TrustSkippedVersionError"
+    unsigned = refused(client, "root", trust_root(2, [r2], [r2]), 422, "invalid-trust-document")
+    assert unsigned["reason"] == "TrustSignatureError"
 
     put(client, "keys", trust_keys(1, [other_key], [r1]), 201)
     put(client, "keys", trust_keys(3, [other_key], [r1]), 201)
-    replayed = client.put("/v1/trust/keys", content=trust_keys(2, [other_key], [r1]), headers=ADMIN)
-    assert assert_problem(replayed, 409, "trust-conflict")["reason"] == "TrustRollbackError"
+    replayed = refused(client, "keys", trust_keys(2, [other_key], [r1]), 409, "trust-conflict")
+    assert replayed["reason"] == "TrustRollbackError"
     expired = trust_keys(4, [other_key], [r1], expires=datetime.now(UTC) - timedelta(minutes=1))
-    problem = assert_problem(client.put("/v1/trust/keys", content=expired, headers=ADMIN), 422)
+    problem = refused(client, "keys", expired, 422)
     assert problem["reason"] == "TrustExpiredError" and "expired" in problem["detail"]
     assert client.get("/v1/trust").json()["tag"] == "r1-k3"
 
 
 @DATABASES
 def test_root_rotation_serves_the_keys_document_only_once_the_new_root_signed_it(
-    env: Env, root_keys: list[A.SigningKey], other_key: A.SigningKey
+    client: TestClient, root_keys: list[A.SigningKey], other_key: A.SigningKey
 ) -> None:
-    client = env.client()
     r1, r2, _ = root_keys
     put(client, "root", trust_root(1, [r1], [r1]), 201)
     put(client, "keys", trust_keys(1, [other_key], [r1]), 201)
@@ -100,8 +103,7 @@ def test_root_rotation_serves_the_keys_document_only_once_the_new_root_signed_it
     assert chain["tag"] == "r2-k0" and chain["keys"] is None and len(chain["roots"]) == 2
     # the server still verifies uploads with the keys document it accepted
     assert publish(client, helpers.build_artifact(other_key, version=1))["version"] == 1
-    stale = client.put("/v1/trust/keys", content=trust_keys(2, [other_key], [r1]), headers=ADMIN)
-    assert assert_problem(stale, 422)["reason"] == "TrustSignatureError"
+    assert refused(client, "keys", trust_keys(2, [other_key], [r1]), 422)["reason"] == "TrustSignatureError"
     put(client, "keys", trust_keys(2, [other_key], [r2]), 201)
     chain = client.get("/v1/trust").json()
     assert chain["tag"] == "r2-k2" and json.dumps(chain["keys"]).count(other_key.keyid) == 1

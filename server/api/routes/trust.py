@@ -53,13 +53,6 @@ def _out(document: A.TrustDocument, *, created: bool, warning: str | None) -> di
     ).model_dump(mode="json")
 
 
-async def _put(kind: Kind, request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
-    body = await request.body()  # bounded by BodyLimit (OTA_MAX_REQUEST_BYTES); parsed with its own bounds
-    accepted = await run_in_threadpool(services.trust.put, kind, body, by=admin.name)
-    content = _out(accepted.document, created=accepted.created, warning=accepted.warning)
-    return JSONResponse(content, status_code=201 if accepted.created else 200)
-
-
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": schemas.TrustDocumentOut, "description": "this document was stored already"},
     409: {**PROBLEM, "description": "version below or equal to the stored one with other content, or a skipped root"},
@@ -68,28 +61,30 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.put(
-    "/root",
-    status_code=201,
-    response_model=schemas.TrustDocumentOut,
-    summary="Upload a root document (the first one, or the next version signed by the previous root and its own)",
-    responses=RESPONSES,
-    openapi_extra=DOCUMENT_BODY,
-)
-async def put_root(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
-    return await _put("root", request, admin, services)
+def _upload(kind: Kind, summary: str) -> None:
+    """Declare ``PUT /v1/trust/<kind>`` (endpoint `put_<kind>`): the root and keys uploads differ only in that."""
+
+    async def upload(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
+        body = await request.body()  # bounded by BodyLimit (OTA_MAX_REQUEST_BYTES); parsed with its own bounds
+        accepted = await run_in_threadpool(services.trust.put, kind, body, by=admin.name)
+        content = _out(accepted.document, created=accepted.created, warning=accepted.warning)
+        return JSONResponse(content, status_code=201 if accepted.created else 200)
+
+    router.add_api_route(
+        f"/{kind}",
+        upload,
+        methods=["PUT"],
+        name=f"put_{kind}",
+        status_code=201,
+        response_model=schemas.TrustDocumentOut,
+        summary=summary,
+        responses=RESPONSES,
+        openapi_extra=DOCUMENT_BODY,
+    )
 
 
-@router.put(
-    "/keys",
-    status_code=201,
-    response_model=schemas.TrustDocumentOut,
-    summary="Upload a keys document (publisher keys, threshold, revoked keys) signed by the current root",
-    responses=RESPONSES,
-    openapi_extra=DOCUMENT_BODY,
-)
-async def put_keys(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
-    return await _put("keys", request, admin, services)
+_upload("root", "Upload a root document (the first one, or the next version signed by the previous root and its own)")
+_upload("keys", "Upload a keys document (publisher keys, threshold, revoked keys) signed by the current root")
 
 
 @router.get(
