@@ -394,3 +394,44 @@ def test_sparse_counts_beyond_the_tensor_are_refused_before_anything_is_allocate
     past_end = _sparse.Sparse(size * 64, np.array([size * 63], np.int64), np.ones(1, np.uint8))
     with pytest.raises(A.DeltaFormatError, match=r"outside its tensor|do not match"):
         A.apply_delta(old, prefix + _sparse.section([past_end], 9))
+
+
+def test_a_delta_listing_a_million_empty_tensors_is_refused_before_its_index_is_read() -> None:
+    """Empty tensors cost nothing in the result, and their index rows compress to nothing: a count
+    bounded only by the result's length let a few KB make the decoder build millions of entries."""
+    import hashlib
+    import struct
+    import tracemalloc
+
+    from artifact import delta as D
+    from artifact._frames import U32, compress
+
+    base, result = b"not a model, so no tensor to reference " * 4, bytes(4 << 20)
+    count = 1 << 20  # rows (gap 0, length 0, RAW, width 1, ref 0), column by column
+    index = bytes(16 * count) + bytes([1]) * (2 * count) + bytes(4 * count)
+    frames = [compress(index, 1), compress(result, 1)]
+    no_words = b"\x01" + U32.pack(len(empty := compress(b"", 1))) + empty  # the one (empty) byte plane of width 1
+    body = struct.pack(">II", count, 0) + b"".join(U32.pack(len(f)) + f for f in frames) + no_words
+    sums = hashlib.sha256(base).digest(), hashlib.sha256(result).digest()
+    delta = D._HEADER.pack(D.MAGIC, 1, *sums, len(result), len(base)) + body
+    assert len(delta) < 64 * 1024
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(A.DeltaFormatError, match=f"implausible {count} tensors"):
+            A.apply_delta(base, delta)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"refusing the delta allocated {peak} bytes"
+
+
+def test_a_model_with_more_tensors_than_a_delta_lists_is_diffed_as_a_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    from artifact import delta as D
+
+    base = _squeezenet_like(0)
+    old, new = build_model(base), build_model([(n, w * 1.01, r) for n, w, r in base])
+    assert len(base) > 2
+    monkeypatch.setattr(D, "MAX_TENSORS", 2)
+    delta = A.make_delta(old, new)
+    assert A.apply_delta(old, delta) == new
