@@ -229,6 +229,8 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
     words_per_elem: dict[int, int] = {}
     sparse_sizes: list[tuple[int, int]] = []
     derived_entries = {row[0] for row in derived}
+    if len(derived_entries) != n_derived or any(n >= count for n in derived_entries):
+        raise DeltaFormatError("delta derivation rows name entries twice, or entries it does not have")
     total = 0
     for n, (gap_d, len_d, flagged, elem, rel) in enumerate(zip(*columns, strict=True)):
         ref, method = n + rel, flagged & ~SPARSE
