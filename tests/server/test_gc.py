@@ -159,13 +159,16 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     assert "payload of shapes v2" in problem["detail"]
 
     # Every device still gets what it is offered, in full and as a delta.
+    deltas_offered = 0
     for name, current in (("d1", 1), ("d4", 3)):
         r = client.get(f"/v1/device/update?current_version={current}", headers=bearer(tokens[name]))
         offer = r.json()
         assert r.status_code == 200 and offer["version"] in (3, 4), r.text
         assert download(client, offer["download"]["url"]).status_code == 200
         if offer["delta"] is not None:
+            deltas_offered += 1
             assert download(client, offer["delta"]["url"]).status_code == 200
+    assert deltas_offered > 0, "no offer carried a delta: the kept deltas' downloads were never checked"
 
     again = gc(env, monkeypatch, capsys, "--grace", "0")
     assert again["deleted_blobs"] == 0 and stored(env) == keep
