@@ -79,6 +79,11 @@ _DERIVED_COLUMNS = (
 )
 
 MAX_RESULT = 1 << 31  # 2 GiB: far above any edge model, and a bound on what a delta may ask for
+# Tensors one delta may list: each costs the decoder a few hundred bytes of Python objects, so a
+# count bounded only by the result's length (a million empty entries compress to a few KB) would
+# cost gigabytes. Real models have hundreds to a few thousand initializers; a model with more is
+# diffed as a whole (no tensor matched), as if it could not be parsed.
+MAX_TENSORS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,8 @@ def make_delta(old: bytes, new: bytes, *, level: int = 19, data_level: int = 9, 
     if max(len(old), len(new)) > MAX_RESULT:
         raise DeltaError(f"models above {MAX_RESULT} bytes are not delta-encoded; send the full payload")
     old_spans, new_spans = _spans(old), _spans(new)
+    if len(new_spans) > MAX_TENSORS:
+        new_spans = []
     encoder = _Encoder(old, new, old_spans, new_spans)
     matches = [encoder.match(n) for n in range(len(new_spans))]
 
@@ -206,8 +213,8 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
         )
     r = Reader(delta, _HEADER.size)
     count, n_derived = struct.unpack(">II", r.take(8, "the entry counts"))
-    if count > info.result_length or n_derived > count:
-        raise DeltaFormatError(f"delta lists an implausible {count} tensors")
+    if count > min(info.result_length, MAX_TENSORS) or n_derived > count:
+        raise DeltaFormatError(f"delta lists an implausible {count} tensors (at most {MAX_TENSORS} are read)")
     index_size = count * sum(np.dtype(t).itemsize for _, t in _COLUMNS)
     derived_size = n_derived * sum(np.dtype(t).itemsize for _, t in _DERIVED_COLUMNS)
     raw_index = inflate(r.frame("the tensor index"), index_size + derived_size, "tensor index")
@@ -222,6 +229,8 @@ def apply_delta(old: bytes, delta: bytes) -> bytes:
     words_per_elem: dict[int, int] = {}
     sparse_sizes: list[tuple[int, int]] = []
     derived_entries = {row[0] for row in derived}
+    if len(derived_entries) != n_derived or any(n >= count for n in derived_entries):
+        raise DeltaFormatError("delta derivation rows name entries twice, or entries it does not have")
     total = 0
     for n, (gap_d, len_d, flagged, elem, rel) in enumerate(zip(*columns, strict=True)):
         ref, method = n + rel, flagged & ~SPARSE

@@ -11,9 +11,10 @@ once; none of them verifies the manifest again, and along one install each byte 
 * :func:`install_full`: payload length and sha256 against the signed ones (skipped for
   :class:`VerifiedBytes` whose digest already is the signed one), bounded decode, then the ONNX
   bytes against the signed `onnx.length`/`onnx.sha256`.
-* :func:`install_delta`: :func:`~artifact.delta.apply_delta` checks the base's hash and hashes the
-  rebuilt model against the digest in the delta's header; that digest is then compared with the
-  signed one, so the rebuilt bytes are hashed once, not twice.
+* :func:`install_delta`: the length and digest the delta's header promises are compared with the
+  signed ones first (nothing is inflated for a delta that promises another model), then
+  :func:`~artifact.delta.apply_delta` checks the base's hash and hashes the rebuilt model against
+  that digest, so the rebuilt bytes are hashed once, not twice.
 * :func:`verify_onnx`: ONNX bytes that sat on disk (an A/B slot, a registry's store), checked
   against the signed length and sha256 again.
 
@@ -133,11 +134,12 @@ def install_delta(verified: VerifiedManifest, base: bytes, delta: bytes, *, what
     :class:`~artifact.errors.DeltaFormatError` / :class:`~artifact.errors.DeltaResultError` for a
     damaged one, and a length or hash error when the delta rebuilds a model other than the signed one.
     """
-    onnx_bytes = apply_delta(base, delta)  # base and result hashed here, the result against the header
+    # The header's promise first: a delta is unsigned, and one that claims a result other than the
+    # signed model (say 2 GiB of zeros, a few KB compressed) is refused before anything is inflated.
     info = read_delta_header(delta)
     o = verified.manifest.onnx
-    _check_digest(len(onnx_bytes), info.result_sha256, signed_length=o.length, signed_sha256=o.sha256, what=what)
-    return onnx_bytes
+    _check_digest(info.result_length, info.result_sha256, signed_length=o.length, signed_sha256=o.sha256, what=what)
+    return apply_delta(base, delta)  # base and result hashed here, the result against the header
 
 
 def verify_onnx(verified: VerifiedManifest, onnx_bytes: bytes, *, what: str = "ONNX model") -> bytes:

@@ -200,6 +200,8 @@ def parse_document(data: bytes | Mapping[str, Any], kind: Literal["root", "keys"
         signed_bytes = canonical_json(signed)
     except (ValueError, ManifestError) as e:
         raise TrustFormatError(f"{kind} document: {e}") from e
+    except RecursionError as e:  # parsed JSON nested about as deep as the parser goes: deeper while encoding
+        raise TrustFormatError(f"{kind} document is nested too deeply") from e
     if len(signed_bytes) > MAX_TRUST_DOCUMENT_BYTES:
         raise TrustFormatError(f"{kind} document is above {MAX_TRUST_DOCUMENT_BYTES} bytes")
     model = RootSigned if kind == "root" else KeysSigned

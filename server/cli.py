@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings, load_settings
+from .config import MAX_GC_SECONDS, MAX_RETENTION_DAYS, Settings, load_settings
 from .errors import ConfigurationError, DatabaseUnavailableError, MaintenanceBusyError, StorageUnavailableError
 
 if TYPE_CHECKING:
@@ -262,16 +262,18 @@ def _gc(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _non_negative(text: str) -> int:
+    """Seconds of a gc period: bounded, or `now - grace` overflows the date (a traceback, not an answer)."""
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
+    if not 0 <= value <= MAX_GC_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_GC_SECONDS} (a century)")
     return value
 
 
 def _positive(text: str) -> int:
+    """Days of event retention, within the bounds of OTA_EVENT_RETENTION_DAYS."""
     value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
+    if not 1 <= value <= MAX_RETENTION_DAYS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_RETENTION_DAYS}")
     return value
 
 

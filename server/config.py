@@ -25,6 +25,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigurationError
 
+MAX_GC_SECONDS = 100 * 365 * 86_400  # grace periods and orphan ages: a century (beyond, dates overflow)
+MAX_RETENTION_DAYS = 36_500
 DEV_ADMIN_TOKEN = "dev-admin-token"
 DEV_ENROLLMENT_SECRET = "dev-enrollment-secret"
 DEV_SECRET_KEY = "dev-secret-key"
@@ -158,9 +160,14 @@ class Settings(BaseSettings):
     rollout_eval_seconds: float = Field(5.0, gt=0, le=3600, description="how often each process judges active rollouts")
     retry_after: int = Field(5, ge=1)
     gc_grace_seconds: int = Field(
-        86400, ge=0, description="how long a version stays collectable before `ota-server gc` deletes its blobs"
+        86400,
+        ge=0,
+        le=MAX_GC_SECONDS,
+        description="how long a version stays collectable before `ota-server gc` deletes its blobs",
     )
-    event_retention_days: int = Field(30, ge=1, le=36500, description="device events older than this are deleted")
+    event_retention_days: int = Field(
+        30, ge=1, le=MAX_RETENTION_DAYS, description="device events older than this are deleted"
+    )
 
     # Enrollment rate limits: token buckets in each server process (server/core/ratelimit.py); 0 turns one off.
     enroll_rate: float = Field(1.0, ge=0, description="enrollments per second one client address may sustain")

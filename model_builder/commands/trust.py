@@ -26,11 +26,12 @@ from model_builder.fsutil import write_atomic
 from ._io import read_input
 
 KEYID = re.compile(A.SHA256_HEX_PATTERN)
+MAX_EXPIRES_DAYS = 36_525  # a century: NaN, Infinity or 1e9 days would overflow the date (a traceback)
 
 
 def _expires(days: float) -> datetime:
-    if days <= 0:
-        raise CommandError(f"--expires must be a positive number of days, got {days}")
+    if not 0 < days <= MAX_EXPIRES_DAYS:
+        raise CommandError(f"--expires must be a number of days above 0 and at most {MAX_EXPIRES_DAYS}, got {days}")
     return datetime.now(UTC).replace(microsecond=0) + timedelta(days=days)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
+import tracemalloc
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -169,6 +171,34 @@ def test_corrupt_delta_is_refused(make_artifact: Build, trust: A.TrustPolicy) ->
     delta[-5] ^= 0xFF
     with pytest.raises(A.DeltaError):
         A.install_delta(verified, base, bytes(delta))
+
+
+def test_delta_promising_a_huge_result_is_refused_before_anything_is_inflated(
+    make_artifact: Build, trust: A.TrustPolicy
+) -> None:
+    """A delta is unsigned: one whose header promises 32 MiB of zeros (a few KB compressed) for a
+    small signed model is refused on the signed length, without inflating (or hashing) those zeros."""
+    from artifact import delta as D
+    from artifact._frames import U32, compress
+
+    base, new = tiny_classifier(1), tiny_classifier(2)
+    verified, _ = _parts(make_artifact(onnx_bytes=new), trust)
+    zeros = bytes(32 << 20)
+    frames = [compress(b"", 1), compress(zeros, 1)]  # an empty tensor index; the whole result as skeleton
+    body = struct.pack(">II", 0, 0) + b"".join(U32.pack(len(f)) + f for f in frames) + b"\x01"  # no plane data
+    sums = hashlib.sha256(base).digest(), hashlib.sha256(zeros).digest()
+    delta = D._HEADER.pack(D.MAGIC, 1, *sums, len(zeros), len(base)) + body
+    assert len(delta) < 64 * 1024 and A.apply_delta(base, delta) == zeros  # well-formed: it does rebuild them
+    del zeros
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(A.TooLongError, match="longer than the signed"):
+            A.install_delta(verified, base, delta)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"refusing the delta allocated {peak} bytes"
 
 
 # -- ONNX kept on disk ------------------------------------------------------------------------------

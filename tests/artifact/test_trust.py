@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -195,3 +196,22 @@ def test_a_tampered_document_does_not_verify(start: Callable[[], A.TrustState], 
     doc["signed"]["keys"].update(json.loads(trust_keys(2, [keys["pub1"]], [keys["root1"]]))["signed"]["keys"])
     with pytest.raises(A.TrustSignatureError, match="altered"):
         start().update(A.TrustChain((), doc), now=NOW)
+
+
+def test_a_chain_nested_deeper_than_the_encoder_goes_is_a_format_error(
+    start: Callable[[], A.TrustState], keys: dict[str, A.SigningKey]
+) -> None:
+    """JSON that the parser took just under its depth limit is re-encoded deeper in the stack (to
+    check signatures over canonical bytes): an agent reading such a chain, or its own trust.json,
+    got a RecursionError, not a refusal. Built here in Python, past any recursion limit."""
+    doc = json.loads(trust_keys(2, [keys["pub2"]], [keys["root1"]]))
+    deep: dict[str, Any] = {}
+    for _ in range(2 * sys.getrecursionlimit()):
+        deep = {"a": deep}
+    doc["signed"]["revoked"] = [deep]
+    with pytest.raises(A.TrustFormatError, match="nested too deeply"):
+        start().update(A.TrustChain((), doc), now=NOW)
+    with pytest.raises(A.TrustFormatError, match="nested too deeply"):
+        start().update(
+            A.TrustChain.from_json({"roots": [{"signed": {"type": "root", "x": deep}, "signatures": []}]}), now=NOW
+        )

@@ -68,3 +68,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFi
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 4 and all(line.startswith("model-builder: error: ") for line in errors), errors
     assert not (tmp_path / "root.json").exists()
+
+
+@pytest.mark.parametrize("days", ["nan", "inf", "1e9"])
+def test_an_expiry_past_any_date_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], days: str
+) -> None:
+    r1, _ = keygen(tmp_path, "root1")
+    capsys.readouterr()
+    assert main(["trust", "init", "--root-key", str(r1), "--expires", days, "--out", str(tmp_path / "root.json")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [
+        f"model-builder: error: --expires must be a number of days above 0 and at most 36525, got {float(days)}"
+    ]
+    assert not (tmp_path / "root.json").exists()

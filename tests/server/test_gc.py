@@ -155,13 +155,16 @@ def test_gc_deletes_only_what_no_device_rollout_or_baseline_can_need(
     assert "payload of shapes v2" in problem["detail"]
 
     # Every device still gets what it is offered, in full and as a delta.
+    deltas_offered = 0
     for name, current in (("d1", 1), ("d4", 3)):
         r = client.get(f"/v1/device/update?current_version={current}", headers=bearer(tokens[name]))
         offer = r.json()
         assert r.status_code == 200 and offer["version"] in (3, 4), r.text
         assert download(client, offer["download"]["url"]).status_code == 200
         if offer["delta"] is not None:
+            deltas_offered += 1
             assert download(client, offer["delta"]["url"]).status_code == 200
+    assert deltas_offered > 0, "no offer carried a delta: the kept deltas' downloads were never checked"
 
     again = gc("--grace", "0")
     assert again["deleted_blobs"] == 0 and stored(env) == keep
@@ -238,3 +241,27 @@ def test_gc_with_unreachable_storage_is_one_line_and_exit_3(
             rc, out, err = cli(*args, storage_url="s3://gone/x", s3_endpoint_url=f"http://127.0.0.1:{port}")
             assert (rc, out) == (3, "")
             assert err == "ota-server: error: object storage failed to list blobs (EndpointConnectionError)\n"
+
+
+@pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
+@pytest.mark.parametrize(
+    "args", [("--grace", str(10**15)), ("--orphan-age", str(10**12)), ("--retention-days", str(10**6))]
+)
+def test_gc_periods_beyond_any_date_are_usage_errors(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: tuple[str, str]
+) -> None:
+    """Not an OverflowError's traceback from `now - grace`: argparse's one line, exit 2."""
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(env, monkeypatch, capsys, "gc", "--dry-run", *args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{args[0]}: must be from " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
+def test_a_grace_period_beyond_any_date_is_a_configuration_error(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, err = run_cli(env, monkeypatch, capsys, "gc", "--dry-run", gc_grace_seconds=10**15)
+    assert (rc, out) == (2, "")
+    assert err.startswith("ota-server: error: ") and "gc_grace_seconds" in err and err.count("\n") == 1
