@@ -27,13 +27,16 @@ log = logging.getLogger("ota.seen")
 
 async def flush_forever(flush: Callable[[], int], interval: float, what: str) -> None:
     """Run a buffer's blocking `flush` every `interval` seconds, off the event loop; a database that
-    is down is logged and the buffer keeps what it holds for the next round."""
+    is down is logged and the buffer keeps what it holds for the next round; any other error is logged
+    with its traceback and retried the same way (a flusher that died would stop recording for good)."""
     while True:
         await asyncio.sleep(interval)
         try:
             await run_in_threadpool(flush)
         except DatabaseUnavailableError as e:
             log.warning("%s flush failed, will retry: %s", what, e.detail)
+        except Exception:
+            log.exception("%s flush failed unexpectedly, will retry", what)
 
 
 class SeenBuffer:
