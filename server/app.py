@@ -45,6 +45,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.view.refresh)
     except DatabaseUnavailableError as e:  # serve anyway: /readyz says not ready, polls answer 503
         log.warning("database unavailable at start: %s", e.detail)
+    try:  # a keys document stored before this process (or before this server knew to) revokes versions too
+        await run_in_threadpool(services.trust.revoke_condemned)
+    except DatabaseUnavailableError as e:  # the next keys upload or start sweeps again
+        log.warning("versions signed by revoked keys not checked at start: %s", e.detail)
     loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers, services.trust)
     tasks = [asyncio.create_task(t.run()) for t in loops]
     try:

@@ -113,6 +113,7 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         url_seconds=settings.download_url_seconds,
         max_ratio=settings.delta_max_ratio,
     )
+    trust = TrustService(db, fallback=trust_policy(settings), interval=settings.cache_seconds)
     rollouts = RolloutService(
         db,
         metrics,
@@ -120,8 +121,14 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         on_change=view.refresh,
         eval_seconds=settings.rollout_eval_seconds,
         flush_seconds=settings.seen_flush_seconds,
+        revocations=trust.revocations,
     )
-    trust = TrustService(db, fallback=trust_policy(settings), interval=settings.cache_seconds)
+
+    def revoked() -> None:  # versions condemned by a revoked key: abort their rollouts, stop offering them here
+        rollouts.evaluate_once()
+        view.refresh()
+
+    trust.on_revoked = revoked
     return Services(
         settings=settings,
         db=db,
