@@ -3,8 +3,8 @@
 Nothing here reads the environment: :func:`create_app` gets a :class:`Settings` (the CLI builds it
 from ``OTA_*``). The services live in one :class:`Services` object on ``app.state``; the
 dependencies in :mod:`server.api.deps` hand them to routes. Background work — the registry view's
-refresh, the last-seen and rollout-offer flushes, rollout evaluation, delta builds — starts and
-stops with the app's lifespan.
+refresh, the last-seen and rollout-offer flushes, rollout evaluation, delta builds, the periodic gc
+when configured — starts and stops with the app's lifespan.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except DatabaseUnavailableError as e:  # the next keys upload or start sweeps again
         log.warning("versions signed by revoked keys not checked at start: %s", e.detail)
     loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers, services.trust)
-    tasks = [asyncio.create_task(t.run()) for t in loops]
+    extra = () if services.housekeeping is None else (services.housekeeping,)
+    tasks = [asyncio.create_task(t.run()) for t in (*loops, *extra)]
     try:
         yield
     finally:

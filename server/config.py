@@ -161,6 +161,9 @@ class Settings(BaseSettings):
         86400, ge=0, description="how long a version stays collectable before `ota-server gc` deletes its blobs"
     )
     event_retention_days: int = Field(30, ge=1, le=36500, description="device events older than this are deleted")
+    gc_interval_seconds: int = Field(
+        0, ge=0, description="seconds between `ota-server gc` runs inside `serve`, one process at a time (0: off)"
+    )
 
     # Enrollment rate limits: token buckets in each server process (server/core/ratelimit.py); 0 turns one off.
     enroll_rate: float = Field(1.0, ge=0, description="enrollments per second one client address may sustain")

@@ -21,6 +21,7 @@ from .auth import Authenticator, EnrollmentSecrets
 from .dashboard import Dashboard
 from .deltas import DeltaService
 from .fleet import Fleet
+from .housekeeping import Housekeeping
 from .offers import Offers
 from .publish import Publisher
 from .ratelimit import EnrollmentLimiter
@@ -52,6 +53,7 @@ class Services:
     dashboard: Dashboard
     trust: TrustService
     enrollment_limiter: EnrollmentLimiter
+    housekeeping: Housekeeping | None = None  # OTA_GC_INTERVAL_SECONDS > 0: `ota-server gc` inside `serve`
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -157,4 +159,13 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
         trust=trust,
         enrollment_limiter=enrollment_limiter(settings, clock),
+        housekeeping=None
+        if settings.gc_interval_seconds == 0
+        else Housekeeping(
+            db,
+            storage,
+            interval=settings.gc_interval_seconds,
+            grace_seconds=settings.gc_grace_seconds,
+            retention_days=settings.event_retention_days,
+        ),
     )
