@@ -3,8 +3,8 @@
 Nothing here reads the environment: :func:`create_app` gets a :class:`Settings` (the CLI builds it
 from ``OTA_*``). The services live in one :class:`Services` object on ``app.state``; the
 dependencies in :mod:`server.api.deps` hand them to routes. Background work — the registry view's
-refresh, the last-seen and rollout-offer flushes, rollout evaluation, delta builds — starts and
-stops with the app's lifespan.
+refresh, the last-seen and rollout-offer flushes, rollout evaluation, delta builds, the periodic gc
+when configured — starts and stops with the app's lifespan.
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(services.view.refresh)
     except DatabaseUnavailableError as e:  # serve anyway: /readyz says not ready, polls answer 503
         log.warning("database unavailable at start: %s", e.detail)
+    try:  # a keys document stored before this process (or before this server knew to) revokes versions too
+        await run_in_threadpool(services.trust.revoke_condemned)
+    except DatabaseUnavailableError as e:  # the next keys upload or start sweeps again
+        log.warning("versions signed by revoked keys not checked at start: %s", e.detail)
     loops = (services.view, services.seen, services.access, services.rollouts, services.rollouts.offers, services.trust)
-    tasks = [asyncio.create_task(t.run()) for t in loops]
+    extra = () if services.housekeeping is None else (services.housekeeping,)
+    tasks = [asyncio.create_task(t.run()) for t in (*loops, *extra)]
     try:
         yield
     finally:

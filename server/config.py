@@ -168,6 +168,12 @@ class Settings(BaseSettings):
     event_retention_days: int = Field(
         30, ge=1, le=MAX_RETENTION_DAYS, description="device events older than this are deleted"
     )
+    gc_interval_seconds: int = Field(
+        0,
+        ge=0,
+        le=MAX_GC_SECONDS,
+        description="seconds between `ota-server gc` runs inside `serve`, one process at a time (0: off)",
+    )
 
     # Enrollment rate limits: token buckets in each server process (server/core/ratelimit.py); 0 turns one off.
     enroll_rate: float = Field(1.0, ge=0, description="enrollments per second one client address may sustain")

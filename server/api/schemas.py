@@ -420,6 +420,13 @@ class Health(BaseModel):
     checks: dict[str, str] = Field(default_factory=dict)
 
 
+class KeyRevokedVersion(BaseModel):
+    model: str
+    version: int
+    keyid: str = Field(description="the revoked publisher key that signed it")
+    reason: str = Field(description="as stored in the version's revoked_reason")
+
+
 class TrustDocumentOut(BaseModel):
     """A root or keys document the server accepted (or already held)."""
 
@@ -431,6 +438,10 @@ class TrustDocumentOut(BaseModel):
     revoked: list[str] = Field(default_factory=list, description="keys document: revoked key ids")
     created: bool = Field(description="false: this very document was stored already")
     warning: str | None = None
+    revoked_versions: list[KeyRevokedVersion] = Field(
+        default_factory=list,
+        description="keys document: versions this upload revoked, as signed by a key it revokes (never offered again)",
+    )
 
 
 class TrustChainOut(BaseModel):

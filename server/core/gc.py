@@ -168,7 +168,7 @@ class StorageGC:
                 session.commit()
             progress(f"deleted {deleted}/{total} blobs ({size_text(deleted_bytes)})")
             self.maintenance.pace(began)
-        log.info(
+        log.debug(  # the caller says it in one line with the rest of its run (the CLI, server.core.housekeeping)
             "gc collected %d versions, %d deltas, deleted %d blobs (%d bytes)",
             len(plan.collect),
             len(plan.deltas),

@@ -47,6 +47,7 @@ from ..errors import (
 )
 from ..observability import Metrics
 from .deltas import DeltaService
+from .key_revocation import Revocations, revoke_if_condemned
 from .loops import refresh_forever
 from .rollout_events import EventLike, record_events
 from .rollout_latency import DeviceLatencies
@@ -149,8 +150,10 @@ class RolloutService:
         on_change: Callable[[], object],
         eval_seconds: float,
         flush_seconds: float,
+        revocations: Callable[[], Revocations | None] = lambda: None,
     ) -> None:
         self.db = db
+        self.revocations = revocations  # the stored keys document's revoked keys: checked at create
         self.metrics = metrics
         self.deltas = deltas
         self.on_change = on_change
@@ -165,6 +168,7 @@ class RolloutService:
 
     def create(self, *, model: str, version: int, spec: RolloutSpec, by: str) -> RolloutView:
         now = utcnow()
+        revocations = self.revocations()  # before the transaction: it reads in its own session
         with self.db.session() as session:
             m = registry_data.get_model(session, name=model)
             if m is None:
@@ -172,8 +176,17 @@ class RolloutService:
             row = registry_data.get_version(session, model_id=m.id, version=version)
             if row is None:
                 raise VersionNotFoundError(f"model {model!r} has no version {version}")
+            if row.revoked_at is None and revocations is not None:  # published just before the keys document?
+                condemned = revoke_if_condemned(session, revocations, model=model, row=row)
+                if condemned is not None:
+                    session.commit()
+                    log.warning("%s v%d revoked: %s", model, version, condemned.reason)
+                    raise VersionRevokedError(
+                        f"version {version} of {model!r} is revoked ({condemned.reason}); it cannot be rolled out"
+                    )
             if row.revoked_at is not None:
-                raise VersionRevokedError(f"version {version} of {model!r} is revoked; it cannot be rolled out")
+                why = f" ({row.revoked_reason})" if row.revoked_reason else ""
+                raise VersionRevokedError(f"version {version} of {model!r} is revoked{why}; it cannot be rolled out")
             if m.baseline_version is not None and version <= m.baseline_version:
                 raise VersionNotAboveBaselineError(
                     f"version {version} of {model!r} is not above its baseline v{m.baseline_version}; "
@@ -272,7 +285,8 @@ class RolloutService:
                 if rollout_id is not None and r.id != rollout_id:
                     continue
                 if active.revoked:
-                    detail = f"v{r.version} was revoked; nothing more is offered"
+                    why = f" ({active.revoked_reason})" if active.revoked_reason else ""
+                    detail = f"v{r.version} was revoked{why}; nothing more is offered"
                     plans.append((r, Decision("aborted", ABORTED, r.stage, "version_revoked", detail)))
                     continue
                 view = self._describe(session, r, now, model=active.model)

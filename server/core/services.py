@@ -21,6 +21,7 @@ from .auth import Authenticator, EnrollmentSecrets
 from .dashboard import Dashboard
 from .deltas import DeltaService
 from .fleet import Fleet
+from .housekeeping import Housekeeping
 from .offers import Offers
 from .publish import Publisher
 from .ratelimit import EnrollmentLimiter
@@ -52,6 +53,7 @@ class Services:
     dashboard: Dashboard
     trust: TrustService
     enrollment_limiter: EnrollmentLimiter
+    housekeeping: Housekeeping | None = None  # OTA_GC_INTERVAL_SECONDS > 0: `ota-server gc` inside `serve`
 
 
 def trust_policy(settings: Settings) -> A.TrustPolicy | None:
@@ -113,6 +115,7 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         url_seconds=settings.download_url_seconds,
         max_ratio=settings.delta_max_ratio,
     )
+    trust = TrustService(db, fallback=trust_policy(settings), interval=settings.cache_seconds)
     rollouts = RolloutService(
         db,
         metrics,
@@ -120,8 +123,14 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         on_change=view.refresh,
         eval_seconds=settings.rollout_eval_seconds,
         flush_seconds=settings.seen_flush_seconds,
+        revocations=trust.revocations,
     )
-    trust = TrustService(db, fallback=trust_policy(settings), interval=settings.cache_seconds)
+
+    def revoked() -> None:  # versions condemned by a revoked key: abort their rollouts, stop offering them here
+        rollouts.evaluate_once()
+        view.refresh()
+
+    trust.on_revoked = revoked
     return Services(
         settings=settings,
         db=db,
@@ -150,4 +159,13 @@ def build_services(settings: Settings, *, clock: Callable[[], float] = time.mono
         dashboard=Dashboard(db, view, rollouts, poll_interval=settings.poll_interval),
         trust=trust,
         enrollment_limiter=enrollment_limiter(settings, clock),
+        housekeeping=None
+        if settings.gc_interval_seconds == 0
+        else Housekeeping(
+            db,
+            storage,
+            interval=settings.gc_interval_seconds,
+            grace_seconds=settings.gc_grace_seconds,
+            retention_days=settings.event_retention_days,
+        ),
     )

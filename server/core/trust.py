@@ -9,7 +9,8 @@ stored.
 
 Uploads of artifacts are verified against the latest keys document once there is one (read from
 the database at each publish, so that a revocation applies at once in every process); before that,
-against ``OTA_PUBLISHER_KEYS`` as before.
+against ``OTA_PUBLISHER_KEYS`` as before. Storing a keys document that revokes a key also revokes
+the versions it condemns (:mod:`server.core.key_revocation`), and so does every start.
 
 The served chain (every root, oldest first, and the latest keys document) is cached in memory and
 reloaded every ``OTA_CACHE_SECONDS``: ``GET /v1/trust`` and the poll's ``Ota-Trust-Version`` header
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -32,6 +34,7 @@ from ..data import trust as trust_data
 from ..db.models import TrustDocument
 from ..db.session import Database
 from ..errors import ConstraintViolationError, InvalidTrustDocumentError, TrustConflictError
+from .key_revocation import Revocations, RevokedVersion, revoke_condemned
 from .loops import refresh_forever
 
 log = logging.getLogger("ota.trust")
@@ -55,6 +58,7 @@ class Accepted:
     document: A.TrustDocument
     created: bool
     warning: str | None = None
+    revoked_versions: tuple[RevokedVersion, ...] = ()  # keys: versions this upload revoked (key_revocation)
 
 
 def _refusal(e: A.TrustError) -> Exception:
@@ -71,10 +75,18 @@ def _state(root: TrustDocument, keys: TrustDocument | None) -> A.TrustState:
 
 
 class TrustService:
-    def __init__(self, db: Database, *, fallback: A.TrustPolicy | None, interval: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        fallback: A.TrustPolicy | None,
+        interval: float,
+        on_revoked: Callable[[], object] = lambda: None,
+    ) -> None:
         self.db = db
         self.fallback = fallback  # OTA_PUBLISHER_KEYS: the policy until a keys document is uploaded
         self.interval = interval
+        self.on_revoked = on_revoked  # after versions were revoked: abort their rollouts, reload the view
         self._served: ServedChain | None = None
         self._lock = threading.Lock()
 
@@ -92,6 +104,27 @@ class TrustService:
             return self.fallback
         return _state(root, keys).policy()
 
+    def revocations(self) -> Revocations | None:
+        """The stored keys document's policy when it revokes a key; None otherwise (blocking)."""
+        with self.db.session() as session:
+            root = trust_data.latest_trust_document(session, kind="root")
+            keys = trust_data.latest_trust_document(session, kind="keys")
+        if root is None or keys is None:
+            return None
+        policy = _state(root, keys).policy()
+        if policy is None or not policy.revoked:
+            return None
+        return Revocations(policy, keys.version)
+
+    def revoke_condemned(self) -> list[RevokedVersion]:
+        """Revoke every live version the stored keys document condemns (blocking; idempotent; at
+        start and after each keys upload: :mod:`server.core.key_revocation`)."""
+        revocations = self.revocations()
+        revoked = [] if revocations is None else revoke_condemned(self.db, revocations)
+        if revoked:
+            self.on_revoked()
+        return revoked
+
     def put(self, kind: Kind, body: bytes, *, by: str, now: datetime | None = None) -> Accepted:
         """Verify `body` against the stored chain and store it (blocking; run it in a worker thread)."""
         moment = now or datetime.now(UTC)
@@ -107,8 +140,11 @@ class TrustService:
                     )
                     session.commit()
             except ConstraintViolationError:  # a concurrent upload of the same version won
-                return self._verify_again(kind, body, moment)
-            self.refresh()
+                accepted = self._verify_again(kind, body, moment)
+            else:
+                self.refresh()
+        if kind == "keys":  # also for the same document again: a retry finishes an interrupted sweep
+            accepted = replace(accepted, revoked_versions=tuple(self.revoke_condemned()))
         return accepted
 
     def _verify_again(self, kind: Kind, body: bytes, moment: datetime) -> Accepted:

@@ -23,6 +23,21 @@ def acquire(session: Session, *, name: str, holder: str, until: datetime, now: d
     return renew(session, name=name, holder=holder, until=until, now=now, take_expired=True)
 
 
+def claim(session: Session, *, name: str, holder: str, until: datetime, now: datetime) -> bool:
+    """Take the lease only if nobody holds it or it has expired — its own holder included: a lease
+    taken this way is a ticket for one run per period, never released, left to expire."""
+    values = {"name": name, "holder": holder, "expires_at": until}
+    if insert_ignore(session, MaintenanceLease.__table__, values):  # type: ignore[arg-type]
+        return True
+    result = session.execute(
+        update(MaintenanceLease)
+        .where(MaintenanceLease.name == name, MaintenanceLease.expires_at < now)
+        .values(holder=holder, expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def renew(
     session: Session, *, name: str, holder: str, until: datetime, now: datetime, take_expired: bool = False
 ) -> bool:

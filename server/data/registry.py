@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..db.models import Delta, Model, ModelVersion
@@ -143,6 +143,29 @@ def revoke_version(session: Session, *, version: ModelVersion, reason: str | Non
     version.revoked_reason = reason
     session.flush()
     return True
+
+
+def live_versions(session: Session) -> list[tuple[str, ModelVersion]]:
+    """Every version neither revoked nor collected, with its model's name (model, then version order)."""
+    rows = session.execute(
+        select(Model.name, ModelVersion)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .where(ModelVersion.revoked_at.is_(None), ModelVersion.collected_at.is_(None))
+        .order_by(ModelVersion.model_id, ModelVersion.version)
+    )
+    return [(name, version) for name, version in rows]
+
+
+def revoke_if_live(session: Session, *, version_id: int, reason: str, at: datetime) -> bool:
+    """Mark a version revoked unless it already is, in one statement: of two processes doing it at
+    once, exactly one gets True (and says so); the first reason is kept."""
+    result = session.execute(
+        update(ModelVersion)
+        .where(ModelVersion.id == version_id, ModelVersion.revoked_at.is_(None))
+        .values(revoked_at=at, revoked_reason=reason[:500])
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def model_has_blob(session: Session, *, model: str, sha256: str) -> bool:

@@ -46,6 +46,7 @@ class ActiveRollout:
     version_id: int
     revoked: bool
     baseline: int | None
+    revoked_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +91,29 @@ def list_rollouts(
 def active_rollouts(session: Session) -> list[ActiveRollout]:
     """Every active rollout with its model's name, its version row and the model's baseline (one query)."""
     rows = session.execute(
-        select(Rollout, Model.name, ModelVersion.id, ModelVersion.revoked_at, Model.baseline_version)
+        select(
+            Rollout,
+            Model.name,
+            ModelVersion.id,
+            ModelVersion.revoked_at,
+            Model.baseline_version,
+            ModelVersion.revoked_reason,
+        )
         .join(Model, Model.id == Rollout.model_id)
         .join(ModelVersion, (ModelVersion.model_id == Rollout.model_id) & (ModelVersion.version == Rollout.version))
         .where(Rollout.state.in_(ACTIVE_STATES))
         .order_by(Rollout.id)
     )
     return [
-        ActiveRollout(rollout=r, model=name, version_id=vid, revoked=revoked_at is not None, baseline=baseline)
-        for r, name, vid, revoked_at, baseline in rows
+        ActiveRollout(
+            rollout=r,
+            model=name,
+            version_id=vid,
+            revoked=revoked_at is not None,
+            baseline=baseline,
+            revoked_reason=why,
+        )
+        for r, name, vid, revoked_at, baseline, why in rows
     ]
 
 

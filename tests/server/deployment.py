@@ -136,3 +136,19 @@ def container_ports(compose: Mapping[str, Any], service: str) -> dict[int, int]:
 def host_port(url: str, default_port: int = 80) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "", parts.port or default_port
+
+
+def unpinned_images(compose: Mapping[str, Any]) -> list[str]:
+    """``service: image`` for every service whose image names no release: no tag, or ``latest``.
+
+    A digest (``@sha256:…``) pins it; otherwise the tag is what follows the last ``:`` after the
+    last ``/`` (``host:5000/name`` has no tag)."""
+    out = []
+    for name, service in compose["services"].items():
+        image = str(service.get("image", ""))
+        if "@sha256:" in image:
+            continue
+        repository, _, tag = image.rpartition(":")
+        if not repository or "/" in tag or tag in ("", "latest"):
+            out.append(f"{name}: {image or '(none)'}")
+    return out

@@ -33,6 +33,7 @@ from .deployment import (
     load_compose,
     service_environment,
     setting_variables,
+    unpinned_images,
     volume_map,
 )
 
@@ -97,6 +98,17 @@ def test_migrate_and_serve_use_real_commands_and_the_health_check_a_real_route(
     paths = app.openapi()["paths"]
     assert "get" in paths[health.url.split(f":{port}", 1)[1]]
     assert health.url.endswith("/readyz")  # database and storage, not only "the process runs"
+
+
+def test_every_image_is_pinned_to_a_release(compose: dict[str, Any]) -> None:
+    assert unpinned_images(compose) == [], "pin these images to a release tag (or a digest)"
+    assert compose["services"]["minio"]["image"].startswith("minio/minio:RELEASE.")
+    # the check itself: an image without a tag, or with `latest`, fails it; a registry port is no tag
+    for image in ("minio/minio", "minio/minio:latest", "registry.local:5000/minio/minio", ""):
+        unpinned = {"services": {**compose["services"], "minio": {**compose["services"]["minio"], "image": image}}}
+        assert unpinned_images(unpinned) == [f"minio: {image or '(none)'}"], image
+    digest = "minio/minio@sha256:" + "0" * 64
+    assert unpinned_images({"services": {"minio": {"image": digest}, "db": {"image": "host:5000/pg:16"}}}) == []
 
 
 def test_migrate_job_and_server_get_the_same_configuration(compose: dict[str, Any], dotenv: dict[str, str]) -> None:

@@ -248,20 +248,18 @@ def test_gc_with_unreachable_storage_is_one_line_and_exit_3(
     "args", [("--grace", str(10**15)), ("--orphan-age", str(10**12)), ("--retention-days", str(10**6))]
 )
 def test_gc_periods_beyond_any_date_are_usage_errors(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: tuple[str, str]
+    cli: Callable[..., Any], capsys: pytest.CaptureFixture[str], args: tuple[str, str]
 ) -> None:
     """Not an OverflowError's traceback from `now - grace`: argparse's one line, exit 2."""
     with pytest.raises(SystemExit) as exit_:
-        run_cli(env, monkeypatch, capsys, "gc", "--dry-run", *args)
+        cli("gc", "--dry-run", *args)
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"{args[0]}: must be from " in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("env", ["sqlite-file"], indirect=True)
-def test_a_grace_period_beyond_any_date_is_a_configuration_error(
-    env: Env, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    rc, out, err = run_cli(env, monkeypatch, capsys, "gc", "--dry-run", gc_grace_seconds=10**15)
+def test_a_grace_period_beyond_any_date_is_a_configuration_error(cli: Callable[..., Any]) -> None:
+    rc, out, err = cli("gc", "--dry-run", gc_grace_seconds=10**15)
     assert (rc, out) == (2, "")
     assert err.startswith("ota-server: error: ") and "gc_grace_seconds" in err and err.count("\n") == 1

@@ -1,5 +1,6 @@
 """The root of trust on the server: uploads of root and keys documents, the served chain, and
-artifacts refused once their publisher key is revoked. SQLite and PostgreSQL."""
+artifacts refused once their publisher key is revoked — and versions that key signed no longer
+offered. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select, update
 
 import artifact as A
+from server.db.models import Model, ModelVersion
 from tests.support import trust_keys, trust_root
 
 from . import helpers
-from .conftest import ADMIN, Env, assert_problem, bearer, enroll, publish
+from .conftest import ADMIN, Env, assert_problem, bearer, enroll, publish, release
 
 DATABASES = pytest.mark.parametrize("env", ["sqlite-file", "postgresql-file"], indirect=True)
 
@@ -107,3 +110,96 @@ def test_root_rotation_serves_the_keys_document_only_once_the_new_root_signed_it
     put(client, "keys", trust_keys(2, [other_key], [r2]), 201)
     chain = client.get("/v1/trust").json()
     assert chain["tag"] == "r2-k2" and json.dumps(chain["keys"]).count(other_key.keyid) == 1
+
+
+def offered(client: TestClient, token: str, current: int | None) -> int | None:
+    """The version the device is offered (None: 204)."""
+    params = {} if current is None else {"current_version": current}
+    r = client.get("/v1/device/update", params=params, headers=bearer(token))
+    assert r.status_code in (200, 204), r.text
+    return r.json()["version"] if r.status_code == 200 else None
+
+
+def version(client: TestClient, number: int) -> dict[str, object]:
+    r = client.get(f"/v1/models/{helpers.MODEL}/versions/{number}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    doc: dict[str, object] = r.json()
+    return doc
+
+
+def unrevoke_in_the_database(env: Env, number: int) -> None:
+    """What a server from before automatic revocation left behind (or a publish that was verified a
+    moment before the revoking keys document was stored): the version is not marked revoked."""
+    engine = create_engine(env.database_url)
+    try:
+        with engine.begin() as conn:
+            model_id = conn.scalar(select(Model.id).where(Model.name == helpers.MODEL))
+            conn.execute(
+                update(ModelVersion)
+                .where(ModelVersion.model_id == model_id, ModelVersion.version == number)
+                .values(revoked_at=None, revoked_reason=None)
+            )
+    finally:
+        engine.dispose()
+
+
+@DATABASES
+def test_keys_document_revoking_a_key_stops_offering_its_versions_and_aborts_their_rollout(
+    env: Env, root_keys: list[A.SigningKey], signing_key: A.SigningKey, other_key: A.SigningKey
+) -> None:
+    client = env.client(rollout_eval_seconds=3600)  # the controller acts only when told (here: by the upload)
+    r1 = root_keys[0]
+    put(client, "root", trust_root(1, [r1], [r1]), 201)
+    put(client, "keys", trust_keys(1, [signing_key, other_key], [r1]), 201)
+    release(client, env.artifact(1))  # v1, by key A: the baseline
+    publish(client, helpers.build_artifact(other_key, version=2))  # v2, by key B
+    staged = {"model": helpers.MODEL, "version": 2, "stages": [{"percent": 100, "soak_seconds": 3600}]}
+    started = client.post("/v1/rollouts", json={**staged, "min_devices": 100}, headers=ADMIN)
+    assert started.status_code == 201 and started.json()["state"] == "running", started.text
+    fresh, on_v1 = enroll(client, "cam-fresh"), enroll(client, "cam-v1")
+    assert offered(client, fresh, None) == 2 and offered(client, on_v1, 1) == 2
+
+    revoking = trust_keys(2, [signing_key], [r1], revoked=[other_key])
+    revoked = put(client, "keys", revoking, 201)["revoked_versions"]
+    assert isinstance(revoked, list)
+    assert [(v["model"], v["version"], v["keyid"]) for v in revoked] == [(helpers.MODEL, 2, other_key.keyid)]
+    # v2 is offered to nobody: the fresh device gets the baseline, which is still valid; v1's device nothing
+    assert offered(client, fresh, None) == 1 and offered(client, on_v1, 1) is None
+
+    rollout = client.get(f"/v1/rollouts/{started.json()['id']}", headers=ADMIN).json()
+    assert rollout["state"] == "aborted" and rollout["reason"] == "version_revoked"
+    assert rollout["history"][-1]["by"] == "system" and other_key.keyid in rollout["history"][-1]["detail"]
+    v2 = version(client, 2)
+    assert v2["revoked"] is True and v2["revoked_at"] is not None
+    assert other_key.keyid in str(v2["revoked_reason"]) and "keys document v2" in str(v2["revoked_reason"])
+    assert version(client, 1)["revoked"] is False  # signed by the key that stays trusted
+
+    refused = client.post("/v1/rollouts", json=staged, headers=ADMIN)
+    assert other_key.keyid in assert_problem(refused, 409, "version-revoked")["detail"]
+    assert put(client, "keys", revoking, 200)["revoked_versions"] == []  # the same document again: nothing more
+
+
+@DATABASES
+def test_versions_of_a_key_revoked_before_this_server_knew_are_revoked_at_start_or_at_rollout(
+    env: Env, root_keys: list[A.SigningKey], signing_key: A.SigningKey, other_key: A.SigningKey
+) -> None:
+    client = env.client()
+    r1 = root_keys[0]
+    put(client, "root", trust_root(1, [r1], [r1]), 201)
+    put(client, "keys", trust_keys(1, [signing_key, other_key], [r1]), 201)
+    release(client, env.artifact(1))
+    publish(client, helpers.build_artifact(other_key, version=2))
+    put(client, "keys", trust_keys(2, [signing_key], [r1], revoked=[other_key]), 201)
+    assert version(client, 2)["revoked"] is True
+
+    unrevoke_in_the_database(env, 2)
+    assert version(client, 2)["revoked"] is False
+    restarted = env.client()  # a start judges the stored keys document again
+    v2 = version(restarted, 2)
+    assert v2["revoked"] is True and other_key.keyid in str(v2["revoked_reason"])
+
+    unrevoke_in_the_database(env, 2)  # and a rollout of it is refused, not started, even before a start
+    refused = restarted.post("/v1/rollouts", json={"model": helpers.MODEL, "version": 2}, headers=ADMIN)
+    assert other_key.keyid in assert_problem(refused, 409, "version-revoked")["detail"]
+    assert version(restarted, 2)["revoked"] is True
+    assert version(restarted, 1)["revoked"] is False

@@ -7,16 +7,15 @@ agent fetches it only when it changed. See :mod:`server.core.trust` and docs/sec
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-import artifact as A
-
 from ...core.offers import etag_matches
-from ...core.trust import Kind
+from ...core.trust import Accepted, Kind
 from ...errors import NotFoundError
 from .. import schemas
 from ..deps import AdminDep, AuthFirstRoute, ServicesDep
@@ -39,8 +38,8 @@ DOCUMENT_BODY = {
 }
 
 
-def _out(document: A.TrustDocument, *, created: bool, warning: str | None) -> dict[str, Any]:
-    signed = document.signed
+def _out(accepted: Accepted) -> dict[str, Any]:
+    document, signed = accepted.document, accepted.document.signed
     return schemas.TrustDocumentOut(
         kind=document.signed.type,
         version=signed.version,
@@ -48,8 +47,12 @@ def _out(document: A.TrustDocument, *, created: bool, warning: str | None) -> di
         threshold=signed.threshold,
         keys=sorted(signed.keys),
         revoked=list(getattr(signed, "revoked", [])),
-        created=created,
-        warning=warning,
+        created=accepted.created,
+        warning=accepted.warning,
+        revoked_versions=[
+            schemas.KeyRevokedVersion(model=v.model, version=v.version, keyid=v.keyid, reason=v.reason)
+            for v in accepted.revoked_versions
+        ],
     ).model_dump(mode="json")
 
 
@@ -61,14 +64,15 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _upload(kind: Kind, summary: str) -> None:
+def _upload(kind: Kind, summary: str, description: str | None = None) -> None:
     """Declare ``PUT /v1/trust/<kind>`` (endpoint `put_<kind>`): the root and keys uploads differ only in that."""
 
     async def upload(request: Request, admin: AdminDep, services: ServicesDep) -> JSONResponse:
         body = await request.body()  # bounded by BodyLimit (OTA_MAX_REQUEST_BYTES); parsed with its own bounds
         accepted = await run_in_threadpool(services.trust.put, kind, body, by=admin.name)
-        content = _out(accepted.document, created=accepted.created, warning=accepted.warning)
-        return JSONResponse(content, status_code=201 if accepted.created else 200)
+        if accepted.revoked_versions:  # like POST …/revoke: answer once no process offers them any more
+            await asyncio.sleep(services.view.propagation_delay)
+        return JSONResponse(_out(accepted), status_code=201 if accepted.created else 200)
 
     router.add_api_route(
         f"/{kind}",
@@ -78,13 +82,20 @@ def _upload(kind: Kind, summary: str) -> None:
         status_code=201,
         response_model=schemas.TrustDocumentOut,
         summary=summary,
+        description=description,
         responses=RESPONSES,
         openapi_extra=DOCUMENT_BODY,
     )
 
 
 _upload("root", "Upload a root document (the first one, or the next version signed by the previous root and its own)")
-_upload("keys", "Upload a keys document (publisher keys, threshold, revoked keys) signed by the current root")
+_upload(
+    "keys",
+    "Upload a keys document (publisher keys, threshold, revoked keys) signed by the current root",
+    description="Every version the door now refuses because of a key this document revokes is revoked with a "
+    "reason naming the key (listed in `revoked_versions`); its active rollout is aborted. The answer then comes "
+    "once no server process offers those versions (after about twice OTA_CACHE_SECONDS).",
+)
 
 
 @router.get(
