@@ -41,6 +41,7 @@ bench: venv bench-deps
 	$(BIN)/python -m bench.train
 	$(BIN)/python -m bench.compression
 	$(BIN)/python -m bench.poll
+	$(BIN)/python -m bench.db_deadline
 	$(BIN)/python -m bench.hotswap
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.upload_memory

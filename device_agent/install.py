@@ -50,7 +50,7 @@ class Install:
 
     job: Job  # persisted (DIR/state.json): the offer, the source, the slot, timings …
     verified: A.VerifiedManifest | None = None  # the offer's manifest through door checks 1–5, once per install
-    staged: tuple[A.VerifiedManifest, bytes] | None = None  # verified ONNX bytes, verifying → staging → validating
+    staged: tuple[A.VerifiedManifest, bytes] | None = None  # verified ONNX bytes, verifying → … → swapping
     candidate: LoadedModel | None = None  # the validated session, validating → swapping
     verified_at: float | None = None  # perf_counter when the ONNX bytes passed the door
     verified_wall: datetime | None = None  # the same moment, for the slot's expiry record

@@ -11,7 +11,9 @@
 One small function per state does its work and returns the next state with the
 :class:`~device_agent.install.Install` it hands on (None once the install ended); none catches
 anything. The runner persists the state before each step and sends every exception to
-:func:`handle_error`, the single place that applies :func:`device_agent.policy.classify`. On start,
+:func:`handle_error`, the single place that applies :func:`device_agent.policy.classify`. A retry
+polls again and goes on where the install stands (:func:`_go_on`): bytes verified and a model
+validated in this process are not verified again, so a failing slot write is retried alone. On start,
 :func:`resume` picks the state to continue from and counts the crash; past the cap the version
 fails with `crash_loop`. The persisted record decides whether an install is in flight: a step that
 accepted an offer and then raised never returned its install, so the runner takes it from there.
@@ -137,7 +139,8 @@ async def checking(dev: Device, install: Install | None) -> Next:
     if offer is not None and offer.poll_interval:
         rec.poll_interval = offer.poll_interval
     if await refresh_trust(dev) and install is not None:  # judged before any offer: it may revoke a signer
-        install = replace(install, verified=None)  # the install in flight is verified again under the new keys
+        # The install in flight is verified (and validated) again under the new keys.
+        install = replace(install, verified=None, staged=None, candidate=None, slot_write=None)
     if dev.read_only:  # nothing can be written: serve what is installed, say once per version why not more
         rec.job = None
         if offer is not None and offer.version != current:
@@ -147,7 +150,7 @@ async def checking(dev: Device, install: Install | None) -> Next:
         job = install.job
         if offer is not None and offer.version == job.version and offer.manifest_bytes == job.offer.manifest_bytes:
             job.offer = offer  # fresh URLs (presigned ones expire); what is on disk still counts
-            return State.DOWNLOADING, install
+            return _go_on(install)
         log.info("the server no longer offers v%d; dropping it", job.version)
         _finish_job(dev, install, refused=False)
     if offer is None:
@@ -164,6 +167,20 @@ async def checking(dev: Device, install: Install | None) -> Next:
     verified, install = _verified(dev, install)  # door checks 1–5 before a byte is downloaded
     job.source = _choose_source(dev, offer, verified)
     return State.DOWNLOADING, install
+
+
+def _go_on(install: Install) -> Next:
+    """Where a retry of the offer in hand goes on. A model this process verified and validated is
+    not verified or validated again (nor announced `verified` again): a failing slot write or swap is
+    retried with the same bytes, and backs off as that step keeps failing."""
+    if install.staged is None or install.job.slot is None:
+        return State.DOWNLOADING, install
+    if install.candidate is None:
+        return State.STAGING, install
+    write = install.slot_write
+    if write is not None and write.done() and (write.cancelled() or write.exception() is not None):
+        write = None  # it failed: swapping writes the slot again
+    return State.SWAPPING, replace(install, slot_write=write)
 
 
 async def downloading(dev: Device, install: Install | None) -> Next:
@@ -281,8 +298,8 @@ async def validating(dev: Device, install: Install | None) -> Next:
     model, timings = await asyncio.to_thread(dev.runtime.prepare, onnx, verified)
     job.timings.update(session_ms=timings.session_ms, golden_ms=timings.golden.golden_ms)
     _mark(install, "validated_at_ms")
-    unwritten = install.staged if install.slot_write is None else None  # staging left the fallback alone
-    return State.SWAPPING, replace(install, staged=unwritten, candidate=model)
+    # The verified bytes stay with the install until the swap: a slot write that fails is retried with them.
+    return State.SWAPPING, replace(install, candidate=model)
 
 
 async def swapping(dev: Device, install: Install | None) -> Next:
@@ -294,7 +311,7 @@ async def swapping(dev: Device, install: Install | None) -> Next:
         return State.VALIDATING, install
     if install.slot_write is not None:  # never point at a slot that is not on disk
         await install.slot_write
-    elif install.staged is not None:  # validated before it was written (the slot held the fallback)
+    elif install.staged is not None:  # validated before it was written (the slot held the fallback), or retried
         await dev.write_slot(job.slot, *install.staged)
     else:  # restarted since staging: make sure it is on disk
         await asyncio.to_thread(dev.slots.sync, job.slot)

@@ -98,7 +98,11 @@ class Settings(BaseSettings):
     db_connect_timeout: int = Field(5, ge=2, le=300, description="seconds to open a database connection (PostgreSQL)")
     db_pool_timeout: float = Field(5.0, gt=0, le=300, description="seconds a request waits for a pooled connection")
     db_statement_timeout: float = Field(
-        10.0, gt=0, le=3600, description="seconds one statement may run; also the TCP timeout on unanswered sends"
+        10.0,
+        gt=0,
+        le=3600,
+        description="seconds one statement may run; also the TCP timeout on unanswered sends; a PostgreSQL"
+        " that gives no answer within this + 2 s loses the connection (503)",
     )
 
     storage_url: str = "file://./ota-data/blobs"

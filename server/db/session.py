@@ -3,9 +3,10 @@
 SQLite (embedded default) and PostgreSQL (production) share every query; the differences live
 here: SQLite gets WAL, a busy timeout and foreign keys on every connection, and its parent
 directory is created; PostgreSQL gets a bounded pool with a wait limit, a connect timeout, TCP
-keepalives, a TCP user timeout and (for the serving process) a statement timeout, so that a
-database that accepts connections but never answers — black-holed, hung, partitioned — costs a
-request a few seconds and a 503, never a hung worker. A database that cannot be
+keepalives, a TCP user timeout and (for the serving process) a statement timeout with a client-side
+deadline on every round trip (:mod:`server.db.deadline`), so that a database that accepts
+connections but never answers — black-holed, hung, stopped, partitioned — costs a request a few
+seconds and a 503, never a hung worker. A database that cannot be
 reached — refused connection, pool exhausted, SQLite locked past its busy timeout — surfaces as
 :class:`DatabaseUnavailableError` (503 + Retry-After), never as a 500. A write that breaks a unique
 constraint surfaces as :class:`ConstraintViolationError`, for the core service that wrote to judge.
@@ -15,6 +16,7 @@ This module, :mod:`server.db.migrate` and :mod:`server.data` are the only ones t
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -29,6 +31,8 @@ from sqlalchemy.orm import sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from ..errors import ConstraintViolationError, DatabaseUnavailableError
+
+log = logging.getLogger(__name__)
 
 # Errors that mean "the database is not there or not answering", as opposed to a bug in a query.
 UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
@@ -65,11 +69,14 @@ def make_engine(
     connect_timeout: int = 5,
     pool_timeout: float = 5.0,
     statement_timeout: float | None = None,
+    client_deadline: bool = True,
 ) -> Engine:
     """An engine configured for the server's access pattern on either database.
 
     `statement_timeout` (seconds) bounds each statement on the server side and, as the TCP user
     timeout, how long sent data may stay unacknowledged; None (migrations) leaves statements unbounded.
+    On PostgreSQL it also sets the client's deadline for any answer, `statement_timeout` +
+    :data:`server.db.deadline.MARGIN` (`client_deadline=False` leaves it out, to measure its cost).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -107,7 +114,7 @@ def make_engine(
             own = parsed.query.get("options", "")
             own = own if isinstance(own, str) else " ".join(own)
             connect_args["options"] = f"{own} -c statement_timeout={int(statement_timeout * 1000)}".strip()
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -116,6 +123,26 @@ def make_engine(
         pool_recycle=1800,
         connect_args=connect_args,
     )
+    if statement_timeout is not None and client_deadline and engine.dialect.driver == "psycopg":
+        _answer_within(engine, statement_timeout)
+    return engine
+
+
+def _answer_within(engine: Engine, statement_timeout: float) -> None:
+    """Open the engine's connections as :class:`server.db.deadline.DeadlineConnection`: every
+    statement, commit, rollback and pre-ping gets an answer within `statement_timeout` + MARGIN, or
+    the connection is closed and the pool discards it (a 503 for the request)."""
+    from . import deadline  # psycopg: imported for PostgreSQL only
+
+    why_not = deadline.unsupported_reason()
+    if why_not is not None:
+        log.warning("%s: a database that stops answering holds a request until its connection dies", why_not)
+        return
+    seconds = statement_timeout + deadline.MARGIN
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return deadline.connect(seconds, *cargs, **cparams)
 
 
 class Database:

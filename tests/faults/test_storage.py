@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import artifact as A
+from device_agent.errors import NoSpaceError
 from device_agent.fsutil import Disk
 from tests.device_agent.conftest import AgentThread
 from tests.device_agent.fakeserver import FakeServer
@@ -66,6 +69,50 @@ def test_disk_full_in_every_state_that_writes_keeps_serving_and_installs_once_cl
     agent.wait_version(3)
     _keeps_serving(agent, 3)
     wait_for(lambda: fault_server.events_of("installed", 3), what="installed v3 reported")
+
+
+class SlotCountingDisk(Disk):
+    """The agent's write seam, counting the writes of a slot's ONNX file it refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused_slot_writes = 0
+
+    def charge(self, path: Path, size: int) -> None:
+        try:
+            super().charge(path, size)
+        except NoSpaceError:
+            if path.parent.name == "slots" and path.name.endswith(".onnx"):
+                self.refused_slot_writes += 1
+            raise
+
+
+def test_failing_slot_write_is_retried_with_the_bytes_verified_once(
+    device_dir: Path, start_agent: Callable[..., AgentThread], fault_server: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 11: each retry of a slot write that fails writes the bytes verified (and the model
+    validated) the first time: the payload is decoded and checked against its signed hash once,
+    and `verified` is sent once, however often the write is retried."""
+    decoded: list[int] = []
+    door = A.install_full
+
+    def counting(verified: A.VerifiedManifest, payload: Any) -> bytes:
+        decoded.append(verified.manifest.version)
+        return door(verified, payload)
+
+    monkeypatch.setattr(A, "install_full", counting)
+    disk = SlotCountingDisk()
+    disk.fill(0, match="slots")
+    fault_server.target = 3  # offered from the start: the prepared download of v3 goes on at once
+    agent = start_agent(device_dir, disk=disk)
+    _no_space_reported(fault_server, 3)
+    wait_for(lambda: disk.refused_slot_writes >= 3, what="three refused writes of v3's slot")
+    _keeps_serving(agent, 2)
+    disk.clear()
+    agent.wait_version(3)
+    wait_for(lambda: fault_server.events_of("installed", 3), what="installed v3 reported")
+    assert decoded.count(3) == 1, decoded
+    assert len(fault_server.events_of("verified", 3)) == 1, fault_server.events_of("verified", 3)
 
 
 def test_disk_full_during_download_keeps_serving_and_reports_no_space(
