@@ -372,21 +372,28 @@ def test_truncated_or_damaged_sparse_sections_are_refused_with_the_delta_error()
             assert rebuilt == new  # only where the flipped bits did not matter
 
 
+def _sparse_int8_delta(size: int) -> tuple[bytes, bytes, bytes, bytes]:
+    """(old, new, the delta up to its sparse section, that section as the encoder writes it): where the codes
+    of a 1 % int8 change moved, and zigzag(±1) = 2 or 1."""
+    from artifact import _sparse
+
+    old, new = _int8_pair(0.01, size=size)
+    delta = A.make_delta(old, new)
+    codes_old, codes_new = _int8_codes(0.01, size)
+    moved = codes_new.astype(np.int16) - codes_old
+    positions = np.flatnonzero(moved).astype(np.int64)
+    values = np.where(moved[positions] > 0, 2, 1).astype(np.uint8)
+    section = _sparse.section([_sparse.Sparse(size, positions, values)], 9)
+    assert delta.endswith(section)
+    return old, new, delta[: len(delta) - len(section)], section
+
+
 def test_sparse_counts_beyond_the_tensor_are_refused_before_anything_is_allocated() -> None:
     """A hostile sparse section claims more changes than the tensor holds, or a change past its end."""
     from artifact import _sparse
 
     size = 20_000
-    old, new = _int8_pair(0.01, size=size)
-    delta = A.make_delta(old, new)
-    # The section as the encoder writes it: where the codes moved, and zigzag(±1) = 2 or 1.
-    codes_old, codes_new = _int8_codes(0.01, size)
-    moved = codes_new.astype(np.int16) - codes_old
-    positions = np.flatnonzero(moved).astype(np.int64)
-    values = np.where(moved[positions] > 0, 2, 1).astype(np.uint8)
-    real = _sparse.section([_sparse.Sparse(size, positions, values)], 9)
-    assert delta.endswith(real)
-    prefix = delta[: len(delta) - len(real)]
+    old, new, prefix, real = _sparse_int8_delta(size)
     assert A.apply_delta(old, prefix + real) == new
 
     too_many = _sparse.Sparse(size + 10, np.arange(size + 10, dtype=np.int64), np.ones(size + 10, np.uint8))
@@ -503,20 +510,10 @@ def test_fuzzed_tensor_indexes_are_refused_or_rebuild_the_model(qdq_pair: tuple[
 def test_fuzzed_sparse_sections_are_refused_or_rebuild_the_model() -> None:
     """Random lies in the sparse table (counts, Rice parameters), the unary and remainder bit streams
     and the value planes: a gap coded past the end of its stream or tensor is refused, never read."""
-    from artifact import _sparse
     from artifact._frames import U32, Reader, compress, inflate
 
     size = 20_000
-    old, new = _int8_pair(0.01, size=size)
-    delta = A.make_delta(old, new)
-    codes_old, codes_new = _int8_codes(0.01, size)
-    moved = codes_new.astype(np.int16) - codes_old
-    positions = np.flatnonzero(moved).astype(np.int64)
-    section = _sparse.section(
-        [_sparse.Sparse(size, positions, np.where(moved[positions] > 0, 2, 1).astype(np.uint8))], 9
-    )
-    assert delta.endswith(section)
-    prefix = delta[: len(delta) - len(section)]
+    old, new, prefix, section = _sparse_int8_delta(size)
     r = Reader(section)
     table, unary, rem = inflate(r.frame("table"), 1 << 20, "table"), r.frame("unary"), r.frame("rem")
     values = section[r.pos :]
