@@ -25,7 +25,7 @@ typecheck: venv
 	$(BIN)/mypy --strict artifact device_agent server model_builder
 
 pytest: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # The whole slice on embedded defaults (SQLite, local storage); DEMO_EXIT=1 exits after the summary.
 demo: venv
